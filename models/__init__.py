@@ -1,0 +1,1 @@
+"""YOLOv5 model definitions (yaml configs + building blocks)."""

@@ -1,0 +1,262 @@
+"""YOLOv5 detection model built from a yaml layer table.
+
+Usage:
+    python models/yolo.py --cfg yolov5s.yaml          # print the model summary (layers, parameters, GFLOPs at 640)
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import math
+import sys
+from copy import deepcopy
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
+
+from models.common import C3, SPP, SPPF, Bottleneck, Concat, Conv, Focus  # noqa: E402
+from utils.augmentations import make_divisible  # noqa: E402
+from utils.torch_utils import fuse_conv_and_bn, model_info  # noqa: E402
+
+
+class Detect(nn.Module):
+    """Three 1x1 output convs that turn P3/P4/P5 features into anchor-relative boxes, objectness and class scores."""
+
+    stride: torch.Tensor | None = None  # set by DetectionModel from a dummy forward
+    export = False  # True: eval forward returns only the decoded tensor (ONNX)
+
+    def __init__(self, nc: int = 80, anchors: list | tuple = (), ch: list | tuple = (), inplace: bool = True):
+        super().__init__()
+        self.nc = nc
+        self.no = nc + 5
+        self.nl = len(anchors)
+        self.na = len(anchors[0]) // 2
+        self.grid = [torch.empty(0) for _ in range(self.nl)]
+        self.anchor_grid = [torch.empty(0) for _ in range(self.nl)]
+        self.register_buffer("anchors", torch.tensor(anchors).float().view(self.nl, -1, 2))
+        self.m = nn.ModuleList(nn.Conv2d(x, self.no * self.na, 1) for x in ch)
+        self.inplace = inplace
+
+    def forward(self, x: list[torch.Tensor]):
+        z = []
+        for i in range(self.nl):
+            x[i] = self.m[i](x[i])
+            bs, _, ny, nx = x[i].shape
+            x[i] = x[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+            if not self.training:
+                z.append(self._decode(x[i], i, nx, ny))
+        if self.training:
+            return x
+        return torch.cat(z, 1) if self.export else (torch.cat(z, 1), x)
+
+    def _decode(self, p: torch.Tensor, i: int, nx: int, ny: int) -> torch.Tensor:
+        """Raw map -> (bs, na*ny*nx, no) with xywh in input pixels and sigmoid scores."""
+        if self.grid[i].shape[2:4] != p.shape[2:4]:
+            self.grid[i], self.anchor_grid[i] = self._make_grid(nx, ny, i)
+        y = p.sigmoid()
+        xy, wh, conf = y.split((2, 2, self.nc + 1), 4)
+        xy = (xy * 2 + self.grid[i]) * self.stride[i]
+        wh = (wh * 2) ** 2 * self.anchor_grid[i]
+        return torch.cat((xy, wh, conf), 4).view(p.shape[0], self.na * nx * ny, self.no)
+
+    def _make_grid(self, nx: int, ny: int, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cell offsets (shifted by -0.5 so xy*2-0.5 spans neighbours) and anchor sizes in pixels."""
+        d, t = self.anchors[i].device, self.anchors[i].dtype
+        shape = 1, self.na, ny, nx, 2
+        yv, xv = torch.meshgrid(torch.arange(ny, device=d, dtype=t), torch.arange(nx, device=d, dtype=t), indexing="ij")
+        grid = torch.stack((xv, yv), 2).expand(shape) - 0.5
+        anchor_grid = (self.anchors[i] * self.stride[i]).view((1, self.na, 1, 1, 2)).expand(shape)
+        return grid, anchor_grid
+
+
+MODULES: dict[str, type[nn.Module]] = {
+    m.__name__: m for m in (Conv, Bottleneck, C3, SPPF, SPP, Focus, Concat, Detect)
+}
+MODULES.update({"nn.Upsample": nn.Upsample, "nn.BatchNorm2d": nn.BatchNorm2d, "nn.Identity": nn.Identity})
+CHANNEL_MODULES = (Conv, Bottleneck, C3, SPPF, SPP, Focus)
+
+
+def _literal(a, names: dict):
+    """Yaml args are literals or the names nc/anchors; never eval arbitrary strings."""
+    if not isinstance(a, str):
+        return a
+    if a in names:
+        return names[a]
+    with contextlib.suppress(ValueError, SyntaxError):
+        return ast.literal_eval(a)
+    return a
+
+
+def _layer_args(m: type, f, n: int, args: list, ch: list[int], gw: float, no: int) -> tuple[list, int, int]:
+    """Resolve a layer's constructor args and output channels from the width multiple."""
+    if m in CHANNEL_MODULES:
+        c1, c2 = ch[f], args[0]
+        if c2 != no:
+            c2 = make_divisible(min(c2, float("inf")) * gw, 8)
+        args = [c1, c2, *args[1:]]
+        if m is C3:
+            args.insert(2, n)
+            n = 1
+    elif m is nn.BatchNorm2d:
+        args, c2 = [ch[f]], ch[f]
+    elif m is Concat:
+        c2 = sum(ch[x] for x in f)
+    elif m is Detect:
+        args.append([ch[x] for x in f])
+        if isinstance(args[1], int):  # anchors given as a count per level
+            args[1] = [list(range(args[1] * 2))] * len(f)
+        c2 = ch[f if isinstance(f, int) else f[0]]
+    else:
+        c2 = ch[f]
+    return args, c2, n
+
+
+def parse_model(d: dict, ch: list[int]) -> tuple[nn.Sequential, list[int]]:
+    """Build the layer list from a yaml dict; records i/f/type/np on each layer for routing and summaries."""
+    anchors, nc, gd, gw = d["anchors"], d["nc"], d["depth_multiple"], d["width_multiple"]
+    na = (len(anchors[0]) // 2) if isinstance(anchors, list) else anchors
+    no = na * (nc + 5)
+    layers, save, c2 = [], [], ch[-1]
+    for i, (f, n, m_name, args) in enumerate(d["backbone"] + d["head"]):
+        if m_name not in MODULES:
+            raise ValueError(f"model yaml layer {i}: unknown module '{m_name}' (known: {', '.join(sorted(MODULES))})")
+        m = MODULES[m_name]
+        args = [_literal(a, {"nc": nc, "anchors": anchors}) for a in args]
+        n = max(round(n * gd), 1) if n > 1 else n
+        args, c2, n = _layer_args(m, f, n, args, ch, gw, no)
+        m_ = nn.Sequential(*(m(*args) for _ in range(n))) if n > 1 else m(*args)
+        m_.i, m_.f, m_.type = i, f, m_name.replace("__main__.", "")
+        m_.np = sum(x.numel() for x in m_.parameters())
+        save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
+        layers.append(m_)
+        if i == 0:
+            ch = []
+        ch.append(c2)
+    return nn.Sequential(*layers), sorted(save)
+
+
+def load_yaml_cfg(cfg: str | Path | dict) -> dict:
+    """Model yaml by dict, path, or bare name found in models/ (yolov5s.yaml)."""
+    if isinstance(cfg, dict):
+        return deepcopy(cfg)
+    path = Path(cfg)
+    if not path.exists() and (ROOT / "models" / path.name).exists():
+        path = ROOT / "models" / path.name
+    if not path.exists():
+        raise FileNotFoundError(f"model config '{cfg}' not found; pass a yaml path or one of models/yolov5[nsmlx].yaml")
+    with open(path, errors="ignore") as f:
+        return yaml.safe_load(f)
+
+
+class DetectionModel(nn.Module):
+    """YOLOv5 detector; layer names (model.N...) match official checkpoints and SparseML recipes."""
+
+    def __init__(self, cfg: str | Path | dict = "yolov5s.yaml", ch: int = 3, nc: int | None = None, anchors=None):
+        super().__init__()
+        self.yaml = load_yaml_cfg(cfg)
+        ch = self.yaml["ch"] = self.yaml.get("ch", ch)
+        if nc and nc != self.yaml["nc"]:
+            self.yaml["nc"] = nc
+        if anchors:
+            self.yaml["anchors"] = round(anchors) if isinstance(anchors, float) else anchors
+        self.model, self.save = parse_model(deepcopy(self.yaml), ch=[ch])
+        self.names = [str(i) for i in range(self.yaml["nc"])]
+        self.inplace = self.yaml.get("inplace", True)
+        self._init_detect(ch)
+        initialize_weights(self)
+
+    @property
+    def nc(self) -> int:
+        return self.model[-1].nc
+
+    def _init_detect(self, ch: int) -> None:
+        """Find strides by a dummy forward, express anchors in grid units, and prime the output biases."""
+        m = self.model[-1]
+        s = 256
+        m.inplace = self.inplace
+        self.train()
+        with torch.no_grad():
+            feats = self.forward(torch.zeros(1, ch, s, s))
+        m.stride = torch.tensor([s / x.shape[-2] for x in feats])
+        check_anchor_order(m)
+        m.anchors /= m.stride.view(-1, 1, 1)
+        self.stride = m.stride
+        self._initialize_biases()
+
+    def forward(self, x: torch.Tensor):
+        y = []
+        for m in self.model:
+            if m.f != -1:
+                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+            x = m(x)
+            y.append(x if m.i in self.save else None)
+        return x
+
+    def _initialize_biases(self) -> None:
+        """Objectness prior ~8 objects per 640 image, class prior 0.6/nc: training starts stable."""
+        m = self.model[-1]
+        for mi, s in zip(m.m, m.stride):
+            b = mi.bias.view(m.na, -1)
+            b.data[:, 4] += math.log(8 / (640 / s) ** 2)
+            b.data[:, 5 : 5 + m.nc] += math.log(0.6 / (m.nc - 0.99))
+            mi.bias = torch.nn.Parameter(b.view(-1), requires_grad=True)
+
+    def fuse(self) -> "DetectionModel":
+        """Fold every BatchNorm into its conv for faster inference and export."""
+        for m in self.modules():
+            if isinstance(m, (Conv,)) and hasattr(m, "bn"):
+                m.conv = fuse_conv_and_bn(m.conv, m.bn)
+                delattr(m, "bn")
+                m.forward = m.forward_fuse
+        return self
+
+    def info(self, verbose: bool = False, imgsz: int = 640) -> dict:
+        return model_info(self, verbose=verbose, imgsz=imgsz)
+
+
+Model = DetectionModel  # Ultralytics alias
+
+
+def check_anchor_order(m: Detect) -> None:
+    """Anchors must grow with stride; flip them if a yaml lists them backwards."""
+    a = m.anchors.prod(-1).mean(-1).view(-1)
+    da, ds = a[-1] - a[0], m.stride[-1] - m.stride[0]
+    if da and (da.sign() != ds.sign()):
+        m.anchors[:] = m.anchors.flip(0)
+
+
+def initialize_weights(model: nn.Module) -> None:
+    """YOLOv5 BN settings (eps 1e-3, momentum 0.03) and in-place activations."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps, m.momentum = 1e-3, 0.03
+        elif isinstance(m, (nn.Hardswish, nn.LeakyReLU, nn.ReLU, nn.ReLU6, nn.SiLU)):
+            m.inplace = True
+
+
+def parse_opt() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Print a YOLOv5 model summary")
+    parser.add_argument("--cfg", type=str, default="yolov5s.yaml", help="model.yaml")
+    parser.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="image size for GFLOPs")
+    parser.add_argument("--nc", type=int, default=None, help="override number of classes")
+    parser.add_argument("--fuse", action="store_true", help="fold BatchNorm into convs first (as deployed)")
+    parser.add_argument("--verbose", action="store_true", help="print every layer")
+    return parser.parse_args()
+
+
+def main(opt: argparse.Namespace) -> None:
+    model = DetectionModel(opt.cfg, nc=opt.nc).eval()
+    if opt.fuse:
+        model.fuse()
+    model.info(verbose=True, imgsz=opt.imgsz)
+
+
+if __name__ == "__main__":
+    main(parse_opt())

@@ -1,0 +1,46 @@
+"""Image transforms: letterbox resizing used by inference, val and training."""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+
+def letterbox(
+    im: np.ndarray,
+    new_shape: int | tuple[int, int] = 640,
+    color: tuple[int, int, int] = (114, 114, 114),
+    auto: bool = True,
+    scale_fill: bool = False,
+    scaleup: bool = True,
+    stride: int = 32,
+) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
+    """Resize keeping aspect ratio and pad to new_shape (h, w); returns image, (rw, rh), (dw, dh) per side."""
+    shape = im.shape[:2]
+    if isinstance(new_shape, int):
+        new_shape = (new_shape, new_shape)
+    r = min(new_shape[0] / shape[0], new_shape[1] / shape[1])
+    if not scaleup:  # val: never upscale, it hurts mAP on small images
+        r = min(r, 1.0)
+    ratio = (r, r)
+    new_unpad = (int(round(shape[1] * r)), int(round(shape[0] * r)))
+    dw, dh = new_shape[1] - new_unpad[0], new_shape[0] - new_unpad[1]
+    if auto:  # minimum rectangle: pad only up to the next stride multiple
+        dw, dh = np.mod(dw, stride), np.mod(dh, stride)
+    elif scale_fill:  # stretch, no padding
+        dw, dh = 0.0, 0.0
+        new_unpad = (new_shape[1], new_shape[0])
+        ratio = (new_shape[1] / shape[1], new_shape[0] / shape[0])
+    dw, dh = dw / 2, dh / 2
+    if shape[::-1] != new_unpad:
+        im = cv2.resize(im, new_unpad, interpolation=cv2.INTER_LINEAR)
+    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
+    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
+    im = cv2.copyMakeBorder(im, top, bottom, left, right, cv2.BORDER_CONSTANT, value=color)
+    return im, ratio, (dw, dh)
+
+
+def make_divisible(x: float, divisor: int) -> int:
+    """Smallest multiple of divisor >= x (channel counts and image sizes must divide the stride)."""
+    return int(math.ceil(x / divisor) * divisor)

@@ -1,0 +1,175 @@
+"""Checkpoints: safe loading of official Ultralytics .pt files and our own atomic, tensors-only format.
+
+Official YOLOv5 .pt files pickle whole modules. We never import or run those classes: torch's weights-only
+unpickler maps each allowlisted class name to an inert stand-in that only records its state, and we rebuild
+the model from its yaml. Anything outside the allowlist is refused before it can run.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+FORMAT = "yolov5-sparse"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(Exception):
+    """A weights file that cannot be used, with a message that names it and says what to do."""
+
+
+class _Recorded:
+    """Stand-in for a pickled module class: keeps the pickled attribute dict, runs nothing."""
+
+    def __setstate__(self, state: Any) -> None:
+        self.__dict__["_state"] = state if isinstance(state, dict) else {"state": state}
+
+
+_COMMON = ("Conv", "C3", "SPPF", "SPP", "Bottleneck", "BottleneckCSP", "Concat", "Focus", "DWConv", "GhostConv",
+           "GhostBottleneck", "C3TR", "C3SPP", "C3Ghost", "Contract", "Expand", "Proto", "AutoShape", "DetectMultiBackend")
+_NN = {"activation": ("SiLU", "Hardswish", "LeakyReLU", "ReLU", "Sigmoid", "Identity"), "batchnorm": ("BatchNorm2d",),
+       "conv": ("Conv2d",), "container": ("Sequential", "ModuleList"), "pooling": ("MaxPool2d",),
+       "upsampling": ("Upsample",), "linear": ("Identity", "Linear"), "dropout": ("Dropout",)}
+ALLOWED_CLASSES = sorted(
+    [f"models.yolo.{n}" for n in ("Model", "DetectionModel", "Detect", "BaseModel")]
+    + [f"models.common.{n}" for n in _COMMON]
+    + [f"models.experimental.{n}" for n in ("MixConv2d", "Ensemble")]
+    + [f"torch.nn.modules.{mod}.{n}" for mod, names in _NN.items() for n in names]
+)
+
+
+def _stub_for(name: str) -> type:
+    """A distinct inert class per allowlisted name (the unpickler keys its allowlist by class object)."""
+    return type(name.rsplit(".", 1)[-1], (_Recorded,), {"_pickled_name": name})
+
+
+def _module_state_dict(obj: _Recorded, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Flatten a recorded module tree into a state_dict (persistent buffers only, like nn.Module)."""
+    st = obj.__dict__.get("_state", {})
+    out = {prefix + k: v for k, v in st.get("_parameters", {}).items() if v is not None}
+    skip = st.get("_non_persistent_buffers_set", set())
+    out.update({prefix + k: v for k, v in st.get("_buffers", {}).items() if v is not None and k not in skip})
+    for name, child in st.get("_modules", {}).items():
+        if isinstance(child, _Recorded):
+            out.update(_module_state_dict(child, f"{prefix}{name}."))
+    return out
+
+
+def _torch_load_restricted(path: Path, extra: list[tuple[type, str]] | None = None) -> Any:
+    """torch.load(weights_only=True), optionally with inert stand-ins for the official class names."""
+    try:
+        with torch.serialization.safe_globals(extra or []):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (zipfile.BadZipFile, EOFError, RuntimeError, ValueError) as e:
+        if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
+            raise
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {str(e)[:120]}). "
+                              f"Pass a YOLOv5 .pt file (official or trained with this repo).") from None
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint dict without executing pickled code; refuses classes outside the allowlist."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found. Give a local .pt path (zoo: stubs are resolved before this).")
+    stubs = [(_stub_for(n), n) for n in ALLOWED_CLASSES]
+    try:
+        ckpt = _torch_load_restricted(path, stubs)
+    except Exception as e:  # the weights-only unpickler says which global it refused
+        if isinstance(e, CheckpointError):
+            raise
+        refused = str(e).split("GLOBAL", 1)[-1].split(" was not")[0].strip() if "GLOBAL" in str(e) else str(e)[:200]
+        raise CheckpointError(f"{path}: refused to load: it references code outside the YOLOv5 allowlist ({refused}). "
+                              f"Only load checkpoints from sources you trust; re-save it with this repo's train.py.") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: expected a checkpoint dict, found {type(ckpt).__name__}. Pass a YOLOv5 .pt file.")
+    return ckpt
+
+
+def _official_to_ours(ckpt: dict, path: Path) -> dict:
+    """Turn an official checkpoint (recorded modules) into our plain format: state_dict + yaml + names + stride."""
+    rec = ckpt.get("ema") or ckpt.get("model")
+    if not isinstance(rec, _Recorded):
+        raise CheckpointError(f"{path}: no model found in checkpoint (keys: {sorted(ckpt)}). Pass a YOLOv5 detection .pt.")
+    st = rec._state
+    if "yaml" not in st:
+        raise CheckpointError(f"{path}: the pickled model has no yaml config; it is not a YOLOv5 DetectionModel.")
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in _module_state_dict(rec).items()}
+    names = st.get("names")
+    names = [names[k] for k in sorted(names)] if isinstance(names, dict) else list(names or [])
+    stride = st.get("stride")
+    return {"format": "ultralytics", "model": sd, "yaml": st["yaml"], "names": names,
+            "stride": stride.tolist() if isinstance(stride, torch.Tensor) else stride,
+            "epoch": ckpt.get("epoch", -1), "date": ckpt.get("date"), "recipe": None}
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Checkpoint dict in our format, whichever kind the file is."""
+    path = Path(path)
+    ckpt = read_checkpoint(path)
+    if ckpt.get("format") == FORMAT:
+        return ckpt
+    return _official_to_ours(ckpt, path)
+
+
+def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> nn.Module:
+    """Build the model from the stored yaml and load weights; a mismatch says it's another architecture."""
+    from models.yolo import DetectionModel
+
+    model = DetectionModel(ckpt["yaml"])
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as e:
+        first = [ln.strip() for ln in str(e).splitlines() if ln.strip()][1:2]
+        raise CheckpointError(f"{path}: weights do not fit the model described by its own yaml ({first}). "
+                              f"The file is damaged or from another architecture; re-export it.") from None
+    model.names = list(ckpt.get("names") or model.names)
+    model.epoch = ckpt.get("epoch", -1)
+    return model
+
+
+def load_model(weights: str | Path, device: str | torch.device = "cpu", fuse: bool = False) -> nn.Module:
+    """One entry point for every script: path to .pt (official or ours) -> eval-mode DetectionModel."""
+    ckpt = load_checkpoint(weights)
+    model = model_from_checkpoint(ckpt, weights)
+    model.checkpoint_meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "ema")}
+    model = model.to(device).float().eval()
+    return model.fuse() if fuse else model
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """torch.save to a temp file in the same folder, fsync, then rename: readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, **meta: Any) -> Path:
+    """Our format: plain tensors + metadata only, loadable with torch.load(weights_only=True)."""
+    model = getattr(model, "module", model)  # unwrap DDP
+    stride = getattr(model, "stride", None)
+    ckpt = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "yaml": model.yaml, "names": list(getattr(model, "names", [])),
+        "stride": stride.tolist() if isinstance(stride, torch.Tensor) else stride,
+        "epoch": -1, "recipe": None, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    ckpt.update(meta)
+    return atomic_save(ckpt, path)
