@@ -44,3 +44,15 @@ def letterbox(
 def make_divisible(x: float, divisor: int) -> int:
     """Smallest multiple of divisor >= x (channel counts and image sizes must divide the stride)."""
     return int(math.ceil(x / divisor) * divisor)
+
+
+def check_img_size(imgsz: int | list[int], s: int = 32, floor: int = 0) -> int | list[int]:
+    """Round image size(s) up to a multiple of the model stride, warning like Ultralytics does."""
+    sizes = [imgsz] if isinstance(imgsz, int) else list(imgsz)
+    new = [max(make_divisible(x, int(s)), floor) for x in sizes]
+    if new != sizes:
+        import logging
+
+        logging.getLogger("yolov5-sparse").warning(
+            f"WARNING --img-size {imgsz} must be multiple of max stride {s}, updating to {new if len(new) > 1 else new[0]}")
+    return new[0] if isinstance(imgsz, int) else new

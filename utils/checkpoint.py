@@ -7,8 +7,9 @@ the model from its yaml. Anything outside the allowlist is refused before it can
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import tempfile
-import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -66,11 +67,21 @@ def _torch_load_restricted(path: Path, extra: list[tuple[type, str]] | None = No
     try:
         with torch.serialization.safe_globals(extra or []):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except (zipfile.BadZipFile, EOFError, RuntimeError, ValueError) as e:
-        if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
-            raise
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {str(e)[:120]}). "
-                              f"Pass a YOLOv5 .pt file (official or trained with this repo).") from None
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "GLOBAL" in msg or "global" in msg or "allowlist" in msg:
+            found = re.search(r"GLOBAL ([\w.]+)", msg)
+            what = found.group(1) if found else msg.strip().splitlines()[-1][:160]
+            raise CheckpointError(f"{path}: refused to load: it references code outside the YOLOv5 allowlist ({what}). "
+                                  f"Only load checkpoints from sources you trust; re-save it with this repo's train.py.") from None
+        raise _not_a_checkpoint(path, e) from None
+    except Exception as e:  # text, truncated zip, random bytes: the unpickler fails in many ways
+        raise _not_a_checkpoint(path, e) from None
+
+
+def _not_a_checkpoint(path: Path, e: Exception) -> CheckpointError:
+    return CheckpointError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {str(e)[:100]}). "
+                           f"Pass a YOLOv5 .pt file (official or trained with this repo).")
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -78,15 +89,7 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found. Give a local .pt path (zoo: stubs are resolved before this).")
-    stubs = [(_stub_for(n), n) for n in ALLOWED_CLASSES]
-    try:
-        ckpt = _torch_load_restricted(path, stubs)
-    except Exception as e:  # the weights-only unpickler says which global it refused
-        if isinstance(e, CheckpointError):
-            raise
-        refused = str(e).split("GLOBAL", 1)[-1].split(" was not")[0].strip() if "GLOBAL" in str(e) else str(e)[:200]
-        raise CheckpointError(f"{path}: refused to load: it references code outside the YOLOv5 allowlist ({refused}). "
-                              f"Only load checkpoints from sources you trust; re-save it with this repo's train.py.") from None
+    ckpt = _torch_load_restricted(path, [(_stub_for(n), n) for n in ALLOWED_CLASSES])
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: expected a checkpoint dict, found {type(ckpt).__name__}. Pass a YOLOv5 .pt file.")
     return ckpt
