@@ -1,0 +1,84 @@
+"""What val.py writes besides the table: metrics.json, label txts, COCO json + pycocotools, and sparsity sweeps."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from utils.boxes import xyxy2xywh
+from utils.files import LOGGER
+
+
+def model_sparsity(eng) -> str:
+    """Sparsity header for torch models; exported files carry it in their metadata."""
+    if eng.name == "torch":
+        from utils.sparsity.sweep import sparsity_header
+
+        return sparsity_header(eng.model)
+    meta = getattr(eng, "metadata", {}) or {}
+    value = meta.get("sparsity")
+    return f"Global sparsity: {value} of prunable weights (from {Path(eng.file).name} metadata)" if value is not None \
+        else "Global sparsity: unknown (no 'sparsity' in the model metadata; re-export with export.py)"
+
+
+def save_predictions(predictions: list, dataset, save_dir: Path, save_txt: bool, save_conf: bool,
+                     save_json: bool, weights: str) -> dict:
+    """labels/*.txt (normalized xywh) and/or COCO json + pycocotools mAP for any dataset."""
+    out: dict = {}
+    if save_txt:
+        (save_dir / "labels").mkdir(exist_ok=True)
+        for path, (h, w), predn in predictions:
+            gn = np.array([w, h, w, h])
+            rows = [(int(c), *(xyxy2xywh(np.array([b]))[0] / gn), cf) for *b, cf, c in predn.tolist()]
+            fmt = (lambda r: ("%g " * 6).rstrip() % r) if save_conf else (lambda r: ("%g " * 5).rstrip() % r[:5])
+            (save_dir / "labels" / f"{Path(path).stem}.txt").write_text("".join(fmt(r) + "\n" for r in rows))
+    if save_json:
+        from utils.coco_eval import coco_map, ground_truth_json, predictions_json
+
+        dataset.names = getattr(dataset, "names", None)
+        pred_file = predictions_json(predictions, dataset, save_dir / f"{Path(weights).stem}_predictions.json")
+        gt_file = ground_truth_json(dataset, save_dir / "ground_truth.json")
+        LOGGER.info(f"\nEvaluating pycocotools mAP... saving {pred_file}...")
+        out["coco_map"], out["coco_map50"] = coco_map(gt_file, pred_file)
+    return out
+
+
+def save_metrics(res: dict, eng, save_dir: Path, extra: dict) -> dict:
+    """metrics.json in the run folder: numbers a script or CI can read back."""
+    from utils.sparsity.measure import all_param_sparsity, global_sparsity
+
+    metrics = {k: res[k] for k in ("precision", "recall", "map50", "map", "images", "instances")}
+    metrics.update({k: res[k] for k in ("coco_map", "coco_map50") if k in res})
+    metrics["speed_ms"] = dict(zip(("pre", "inference", "nms"), res["speed"]))
+    if eng.name == "torch":
+        metrics["sparsity"] = global_sparsity(eng.model)
+        metrics["sparsity_all_params"] = all_param_sparsity(eng.model)
+    metrics["engine"] = eng.info()
+    metrics.update(extra)
+    (save_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    return metrics
+
+
+def run_sweep(eng, loader, names: list[str], levels: list[float], methods: list[str], calib_batches: int,
+              save_dir: Path, **eval_kw) -> dict:
+    """--sparsity: table per method, sparsity_map.csv/png; needs the torch engine (pruning edits weights)."""
+    from utils.evaluate import evaluate
+    from utils.sparsity.sweep import format_table, save_sweep, sweep
+
+    if eng.name != "torch":
+        raise ValueError(f"--sparsity prunes weights and needs a .pt model; {eng.file} runs on {eng.name}")
+    from utils.checkpoint import load_model
+
+    model = load_model(eng.file)  # unfused: BN stays separate so it can be re-calibrated after pruning
+    results = {}
+    for method in methods:
+        results[method] = sweep(model, levels, lambda m: evaluate(m, loader, names, plots=False, **eval_kw),
+                                method=method, calibration=loader, calib_batches=calib_batches)
+    for method, rows in results.items():
+        LOGGER.info(f"\nmAP against global sparsity, one-shot '{method}'" +
+                    (f" + BN recalibration ({calib_batches} batches)" if calib_batches else "") + "\n" +
+                    format_table(rows))
+    csv_file, png = save_sweep(results, save_dir)
+    LOGGER.info(f"\nSweep saved to {csv_file} and {png}")
+    return results

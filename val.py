@@ -1,0 +1,114 @@
+"""Validate a YOLOv5 model on a detection dataset with any engine; optionally sweep one-shot sparsity levels.
+
+Usage:
+    python val.py --weights yolov5n.pt --data coco128.yaml --img 640
+    python val.py --weights yolov5n.onnx --engine deepsparse --data coco128.yaml
+    python val.py --weights yolov5n.pt --data coco128.yaml --sparsity 0,0.1,0.2,0.3,0.4,0.5 --prune-method global layerwise
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
+
+from utils.augmentations import check_img_size  # noqa: E402
+from utils.cli import exit_on_user_error  # noqa: E402
+from utils.data_config import check_dataset  # noqa: E402
+from utils.dataloaders import create_dataloader  # noqa: E402
+from utils.engines import load_engine  # noqa: E402
+from utils.evaluate import evaluate  # noqa: E402
+from utils.files import LOGGER, increment_path, setup_logging  # noqa: E402
+from utils.val_outputs import model_sparsity, save_metrics, save_predictions  # noqa: E402
+
+
+def _dataloader(data: dict, task: str, imgsz: int, batch_size: int, stride: int, rect: bool, workers: int,
+                single_cls: bool):
+    """Ultralytics val loader: rectangular batches (pad 0.5) for dynamic engines, square for fixed-shape ones."""
+    split = task if task in ("train", "val", "test") else "val"
+    if split not in data:
+        raise ValueError(f"dataset has no '{split}' split; add '{split}:' to the data yaml or use --task val")
+    pad = 0.0 if task == "speed" else 0.5
+    return create_dataloader(data[split], imgsz, batch_size, stride, single_cls, pad=pad, rect=rect and task != "speed",
+                             workers=workers, prefix=f"{split}: ", nc=len(data["names"]))
+
+
+def run(data: str = "data/coco128.yaml", weights: str = "yolov5n.pt", batch_size: int = 32, imgsz: int = 640,
+        conf_thres: float = 0.001, iou_thres: float = 0.6, max_det: int = 300, task: str = "val", device: str = "cpu",
+        workers: int = 8, single_cls: bool = False, verbose: bool = False, save_txt: bool = False,
+        save_conf: bool = False, save_json: bool = False, project: str = "runs/val", name: str = "exp",
+        exist_ok: bool = False, engine: str | None = None, sparsity: list[float] | None = None,
+        prune_method: list[str] | None = None, calib_batches: int = 0, plots: bool = True) -> dict:
+    """Validate once (or once per sparsity level and method); returns the metrics dict written to metrics.json."""
+    data_dict = check_dataset(data)
+    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
+    eng = load_engine(weights, engine, batch_size=batch_size, imgsz=imgsz, device=device)
+    imgsz = eng.imgsz[0] if eng.imgsz else check_img_size(imgsz, s=eng.stride)
+    names = data_dict["names"]
+    loader, dataset = _dataloader(data_dict, task, imgsz, batch_size, eng.stride, eng.dynamic, workers, single_cls)
+    if sparsity:
+        from utils.val_outputs import run_sweep
+
+        return run_sweep(eng, loader, names, sparsity, prune_method or ["global"], calib_batches, save_dir,
+                         conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det, single_cls=single_cls)
+    LOGGER.info(model_sparsity(eng))
+    keep = save_json or save_txt
+    res = evaluate(eng.model if eng.name == "torch" else eng, loader, names, conf_thres, iou_thres, max_det,
+                   plots=plots, save_dir=save_dir, single_cls=single_cls, keep_predictions=keep, verbose=verbose)
+    pre, inf, nms = res["speed"]
+    LOGGER.info(f"Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image at shape "
+                f"({batch_size}, 3, {imgsz}, {imgsz}) with {eng.name} {eng.version()}")
+    if keep:
+        res.update(save_predictions(res["predictions"], dataset, save_dir, save_txt, save_conf, save_json, weights))
+    metrics = save_metrics(res, eng, save_dir, {"data": str(data), "weights": str(weights), "imgsz": imgsz})
+    LOGGER.info(f"Results saved to {save_dir}")
+    return metrics
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.replace(",", " ").split()]
+
+
+def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=str, default=str(ROOT / "data/coco128.yaml"), help="dataset.yaml path")
+    p.add_argument("--weights", type=str, default="yolov5n.pt", help=".pt, .onnx or OpenVINO model")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size")
+    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
+    p.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold")
+    p.add_argument("--iou-thres", type=float, default=0.6, help="NMS IoU threshold")
+    p.add_argument("--max-det", type=int, default=300, help="maximum detections per image")
+    p.add_argument("--task", default="val", choices=["train", "val", "test", "speed"], help="split or speed")
+    p.add_argument("--device", default="cpu", help="cuda device, i.e. 0 or cpu")
+    p.add_argument("--workers", type=int, default=8, help="max dataloader workers")
+    p.add_argument("--single-cls", action="store_true", help="treat as single-class dataset")
+    p.add_argument("--verbose", action="store_true", help="report mAP by class")
+    p.add_argument("--save-txt", action="store_true", help="save results to *.txt")
+    p.add_argument("--save-conf", action="store_true", help="save confidences in --save-txt labels")
+    p.add_argument("--save-json", action="store_true", help="save COCO-JSON predictions and run pycocotools")
+    p.add_argument("--project", default="runs/val", help="save to project/name")
+    p.add_argument("--name", default="exp", help="save to project/name")
+    p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    p.add_argument("--engine", choices=["torch", "onnxruntime", "deepsparse", "openvino"], default=None,
+                   help="inference engine (default: by file suffix)")
+    p.add_argument("--sparsity", type=_floats, default=None,
+                   help="one-shot prune to each level and validate, e.g. 0,0.1,0.2,0.3,0.4,0.5 (.pt weights only)")
+    p.add_argument("--prune-method", nargs="+", choices=["global", "layerwise"], default=["global"],
+                   help="one-shot method(s) for --sparsity; layerwise = Ultralytics prune() baseline")
+    p.add_argument("--calib-batches", type=int, default=0,
+                   help="re-estimate BatchNorm statistics on this many val batches after pruning (0 = off)")
+    return p.parse_args(argv)
+
+
+def main(opt: argparse.Namespace) -> dict:
+    setup_logging()
+    return run(**vars(opt))
+
+
+if __name__ == "__main__":
+    with exit_on_user_error():
+        main(parse_opt())
