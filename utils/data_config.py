@@ -1,6 +1,8 @@
 """Dataset yaml checking: one place that turns a user's data.yaml into resolved, validated paths and names."""
 from __future__ import annotations
 
+import os
+
 import logging
 import shutil
 import tarfile
@@ -104,8 +106,15 @@ def _parse_names(cfg: dict, where: str) -> list[str]:
 
 
 def _resolve_root(path: str | Path | None, yaml_file: Path | None) -> Path:
-    """Dataset root: absolute as given; relative tries the yaml's folder, the repo, then ../datasets/<name>."""
-    p = Path(path or ".")
+    """Dataset root: absolute as given; relative tries the yaml's folder, the repo, then ../datasets/<name>.
+
+    $YOLOV5_SPARSE_ASSETS in a path expands to the shared-assets folder (utils/assets.py), set or not.
+    """
+    if path and "$YOLOV5_SPARSE_ASSETS" in str(path):
+        from utils.assets import assets_dir
+
+        path = str(path).replace("$YOLOV5_SPARSE_ASSETS", str(assets_dir()))
+    p = Path(os.path.expandvars(str(path))) if path else Path(".")
     if p.is_absolute():
         return p
     base = yaml_file.parent if yaml_file else Path.cwd()
