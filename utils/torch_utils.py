@@ -10,6 +10,7 @@ import torch.nn as nn
 LOGGER = logging.getLogger("yolov5-sparse")
 
 
+@torch.no_grad()
 def fuse_conv_and_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """Fold BN into the conv's weight and bias: same outputs in eval, one op fewer, and zeros in w stay zeros."""
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,

@@ -1,0 +1,60 @@
+"""Export a YOLOv5 checkpoint (dense, pruned or our own) to ONNX and OpenVINO for CPU engines.
+
+Usage:
+    python export.py --weights yolov5n.pt --include onnx                 # -> yolov5n.onnx
+    python export.py --weights yolov5n.pt --include onnx openvino         # + yolov5n_openvino_model/
+    python export.py --weights best.pt --imgsz 320 --batch-size 1 --dynamic --opset 13
+
+The ONNX file carries names/stride/imgsz/sparsity in its metadata, so val.py/detect.py need nothing else:
+    python detect.py --weights yolov5n.onnx --engine deepsparse
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import utils  # noqa: E402,F401  (sets NM_DISABLE_ANALYTICS before any Neural Magic import)
+from utils.export_onnx import DEFAULT_OPSET, export_weights  # noqa: E402
+
+FORMATS = ("onnx", "openvino")
+
+
+def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Export a YOLOv5 checkpoint to ONNX / OpenVINO")
+    parser.add_argument("--weights", type=str, default="yolov5n.pt", help="checkpoint path (.pt)")
+    parser.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640], help="image size h [w]")
+    parser.add_argument("--batch-size", type=int, default=1, help="batch size of the exported input")
+    parser.add_argument("--device", default="cpu", help="device to trace on (cpu)")
+    parser.add_argument("--include", nargs="+", default=["onnx"], help=f"formats: {', '.join(FORMATS)}")
+    parser.add_argument("--dynamic", action="store_true", help="dynamic batch/height/width axes")
+    parser.add_argument("--simplify", action="store_true", help="run onnx-simplifier (only if onnxsim is installed)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
+    return parser.parse_args(argv)
+
+
+def run(weights: str = "yolov5n.pt", imgsz: list[int] | int = (640,), batch_size: int = 1, device: str = "cpu",
+        include: list[str] | tuple[str, ...] = ("onnx",), dynamic: bool = False, simplify: bool = False,
+        opset: int = DEFAULT_OPSET) -> list[Path]:
+    """Export and return the written paths (ONNX file first)."""
+    include = tuple(f.lower() for f in include)
+    unknown = [f for f in include if f not in FORMATS]
+    if unknown:
+        raise SystemExit(f"export: unknown --include {unknown}; choose from {', '.join(FORMATS)}")
+    if not Path(weights).is_file():
+        raise SystemExit(f"export: weights file {weights} not found; pass --weights path/to/model.pt")
+    sizes = [imgsz] if isinstance(imgsz, int) else list(imgsz)
+    hw = (sizes[0], sizes[-1])
+    return export_weights(weights, include, hw, batch_size, dynamic, opset, simplify, device)["files"]
+
+
+def main(opt: argparse.Namespace) -> list[Path]:
+    return run(**vars(opt))
+
+
+if __name__ == "__main__":
+    main(parse_opt())

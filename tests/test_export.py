@@ -1,0 +1,119 @@
+"""export.py writes ONNX/OpenVINO files that carry their metadata, keep sparsity, and predict like PyTorch."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import export
+from models.yolo import DetectionModel
+from utils.checkpoint import save_checkpoint
+from utils.engines import load_engine
+from utils.engines.metadata import read_onnx_metadata
+from utils.export_onnx import export_weights, load_image_batch, onnx_conv_sparsity, recipe_summary
+from utils.nms import non_max_suppression
+from utils.sparsity.measure import global_sparsity, prunable_parameters
+
+RECIPE = """---
+version: 1.1.0
+modifiers:
+  - !EpochRangeModifier
+    start_epoch: 0
+    end_epoch: 2
+  - !GMPruningModifier
+    params: __ALL_PRUNABLE__
+  - !GMPruningModifier
+    params: ["model.24.m.0.weight"]
+---
+"""
+
+
+@torch.no_grad()
+def prune_globally(model: torch.nn.Module, sparsity: float) -> None:
+    """Zero the smallest-magnitude prunable weights, as a finished pruning run leaves them."""
+    params = list(prunable_parameters(model).values())
+    threshold = torch.cat([p.abs().flatten() for p in params]).quantile(sparsity)
+    for p in params:
+        p.mul_(p.abs() > threshold)
+
+
+@pytest.fixture(scope="module")
+def pruned_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    model = DetectionModel("models/yolov5n.yaml")
+    model.names = [f"c{i}" for i in range(80)]
+    prune_globally(model, 0.7)
+    path = tmp_path_factory.mktemp("pruned") / "pruned.pt"
+    save_checkpoint(path, model, recipe=RECIPE)
+    return path, global_sparsity(model)
+
+
+def test_export_pruned_checkpoint(pruned_ckpt, bus_jpg, capsys):
+    path, sparsity = pruned_ckpt
+    result = export_weights(path, ("onnx",), imgsz=160)  # what export.run calls; openvino: see the slow test
+    (onnx_file,) = result["files"]
+    assert onnx_file == path.with_suffix(".onnx")
+    out = capsys.readouterr().out
+    assert "max abs diff" in out and "gzip -9 MB" in out and str(onnx_file) in out
+    assert result["verify"]["max_abs_scores"] < 1e-4 and result["verify"]["max_abs_xywh"] < 1e-2
+
+    meta = read_onnx_metadata(onnx_file)
+    assert meta["stride"] == "32" and meta["imgsz"] == "[160, 160]" and meta["names"].startswith("{0: 'c0'")
+    assert meta["recipe"] == "EpochRangeModifier, GMPruningModifier x2"
+    assert abs(float(meta["sparsity"]) - sparsity) < 1e-4 and sparsity > 0.69
+
+    measured = onnx_conv_sparsity(onnx_file)
+    assert abs(measured["sparsity"] - sparsity) < 1e-6  # BN folding scales weights; zeros stay zeros
+    assert len(measured["layers"]) == len(prunable_parameters(DetectionModel("models/yolov5n.yaml")))
+    raw, gz = result["sizes"]["pruned.onnx"]
+    assert gz < 0.6 * raw  # zeros compress: the download-size payoff of pruning
+
+    x = load_image_batch(bus_jpg, (160, 160))
+    ref = load_engine(path)(x)
+    eng = load_engine(onnx_file)
+    assert eng.names[:2] == ["c0", "c1"] and np.allclose(eng(x), ref, rtol=1e-3, atol=1e-3)
+
+
+def test_onnx_sparsity_reads_quantized_zero_points(assets):
+    """INT8 convs count weights equal to their zero point; the reference file is ~7% such weights, not sparse."""
+    m = onnx_conv_sparsity(assets / "reference_onnx" / "yolov5n_pistols1cls_qat_int8_416.onnx")
+    assert m["total"] > 1_000_000 and 0.02 < m["sparsity"] < 0.15
+
+
+def test_recipe_summary():
+    assert recipe_summary(None) == "none"
+    assert recipe_summary("modifiers:\n  - !QuantizationModifier\n    start_epoch: 1") == "QuantizationModifier"
+
+
+def test_bad_input_gives_one_clear_message(tmp_path, pruned_ckpt):
+    with pytest.raises(SystemExit, match="not found"):
+        export.run(weights=str(tmp_path / "nope.pt"))
+    with pytest.raises(SystemExit, match="unknown --include"):
+        export.run(weights=str(pruned_ckpt[0]), include=["tflite"])
+
+
+def test_parse_opt_aliases():
+    opt = export.parse_opt(["--weights", "a.pt", "--img", "320", "--include", "onnx", "openvino", "--dynamic"])
+    assert opt.imgsz == [320] and opt.include == ["onnx", "openvino"] and opt.dynamic and opt.opset == 13
+
+
+@pytest.mark.slow
+def test_official_yolov5n_all_engines_agree_on_bus(yolov5n_pt, bus_jpg, tmp_path):
+    weights = tmp_path / "yolov5n.pt"  # export writes next to the weights: never into the shared assets
+    shutil.copy(yolov5n_pt, weights)
+    onnx_file, ov_dir = export.run(weights=str(weights), imgsz=[640], include=["onnx", "openvino"])
+    x = load_image_batch(bus_jpg, (640, 640))
+    engines = {"torch": load_engine(weights), "onnxruntime": load_engine(onnx_file),
+               "deepsparse": load_engine(onnx_file, engine="deepsparse"), "openvino": load_engine(ov_dir)}
+    preds = {k: e(x) for k, e in engines.items()}
+    dets = {k: non_max_suppression(torch.from_numpy(p))[0] for k, p in preds.items()}
+    ref = dets["torch"]
+    assert engines["onnxruntime"].names[0] == "person" and engines["openvino"].names[5] == "bus"
+    assert sorted(ref[:, 5].int().tolist()) == [0, 0, 0, 5]  # yolov5n v6.1 on bus.jpg: 3 people and the bus
+    assert engines["openvino"].file.endswith("yolov5n_openvino_model/yolov5n.xml")
+    for k, d in dets.items():
+        assert np.allclose(preds[k], preds["torch"], rtol=1e-3, atol=1e-2), k
+        assert d.shape == ref.shape and torch.equal(d[:, 5], ref[:, 5]), k
+        assert torch.allclose(d[:, :5], ref[:, :5], atol=0.05), k

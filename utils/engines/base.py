@@ -1,0 +1,131 @@
+"""The one inference-engine contract shared by val.py, detect.py and benchmark.py."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class EngineUnavailable(RuntimeError):
+    """An engine whose package is missing or that cannot run on this machine; the message says what to do."""
+
+
+class Engine(ABC):
+    """Runs a detector on a letterboxed NCHW RGB batch and returns decoded predictions (B, N, 5+nc).
+
+    Subclasses implement `load` and `_forward`; dtype conversion, static-batch chunking and shape checks
+    live here so every engine behaves the same for its callers.
+    """
+
+    name: str = "engine"
+
+    def __init__(self, batch_size: int = 1, imgsz: int | tuple[int, int] = 640,
+                 num_threads: int | None = None, device: str = "cpu") -> None:
+        self.batch_size = int(batch_size)
+        self.requested_imgsz = as_hw(imgsz)
+        self.num_threads = num_threads
+        self.device = str(device)
+        self.names: list[str] = []
+        self.stride: int = 32
+        self.imgsz: tuple[int, int] | None = None  # fixed (h, w) of the compiled input, None when dynamic
+        self.dynamic: bool = True  # accepts any (stride-multiple) image size, i.e. imgsz is None
+        self.input_name: str = "images"
+        self.input_dtype: np.dtype = np.dtype(np.float32)
+        self.input_shape: list[Any] = []
+        self.fixed_batch: int | None = None  # engines compiled for one batch size get chunked/padded input
+        self.file: str = ""
+
+    @abstractmethod
+    def load(self, path: str | Path) -> "Engine":
+        """Open the model file and fill names/stride/imgsz/dynamic/input_*; returns self."""
+
+    @abstractmethod
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        """Run one batch already in the input dtype and (fixed) batch size; returns the first output."""
+
+    @abstractmethod
+    def version(self) -> str:
+        """Version of the backend package, recorded with every benchmark/val result."""
+
+    def threads(self) -> int | None:
+        """Threads the backend actually uses, when it can tell us."""
+        return self.num_threads
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Decoded predictions (B, N, 5+nc) float32 for a float [0,1] or uint8 NCHW batch."""
+        batch = self._to_input_dtype(np.asarray(batch))
+        self._check_shape(batch)
+        out = self._run_batches(batch)
+        if not self.names and out.ndim == 3 and out.shape[-1] > 5:  # file without metadata: generic class names
+            self.names = [f"class{i}" for i in range(out.shape[-1] - 5)]
+        return out
+
+    def _run_batches(self, batch: np.ndarray) -> np.ndarray:
+        """One call for dynamic-batch engines; fixed-batch engines get chunks, the last one zero-padded."""
+        fb = self.fixed_batch
+        if fb is None or batch.shape[0] == fb:
+            return np.asarray(self._forward(batch), dtype=np.float32)
+        outs = []
+        for i in range(0, batch.shape[0], fb):
+            chunk = batch[i:i + fb]
+            n = chunk.shape[0]
+            if n < fb:
+                pad = np.zeros((fb - n, *chunk.shape[1:]), dtype=chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            outs.append(np.asarray(self._forward(chunk), dtype=np.float32)[:n])
+        return np.concatenate(outs)
+
+    def warmup(self, n: int = 1) -> None:
+        """Run a few zero batches so the first timed or measured call is not the one paying for setup."""
+        h, w = self.imgsz or self.requested_imgsz
+        x = np.zeros((self.fixed_batch or self.batch_size, 3, h, w), dtype=self.input_dtype)
+        for _ in range(n):
+            self(x)
+
+    def info(self) -> dict[str, Any]:
+        """What ran, for logs and benchmark tables."""
+        return {
+            "name": self.name,
+            "version": self.version(),
+            "input_name": self.input_name,
+            "input_dtype": str(self.input_dtype),
+            "input_shape": list(self.input_shape),
+            "threads": self.threads(),
+            "file": self.file,
+            "batch_size": self.fixed_batch or self.batch_size,
+            "imgsz": list(self.imgsz) if self.imgsz else None,
+            "dynamic": self.dynamic,
+        }
+
+    def _to_input_dtype(self, batch: np.ndarray) -> np.ndarray:
+        """Accept float [0,1] or uint8 pixels whatever the model wants; quantized-input models take uint8."""
+        want = self.input_dtype
+        if batch.dtype == want:
+            return np.ascontiguousarray(batch)
+        if want == np.uint8:
+            return np.ascontiguousarray(np.clip(np.rint(batch * 255.0), 0, 255).astype(np.uint8))
+        if batch.dtype == np.uint8:
+            return np.ascontiguousarray(batch.astype(want) / want.type(255))
+        return np.ascontiguousarray(batch.astype(want))
+
+    def _check_shape(self, batch: np.ndarray) -> None:
+        """Fail with the fix in the message rather than deep inside a backend."""
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise ValueError(f"{self.name}: expected an NCHW batch with 3 channels, got shape {batch.shape}")
+        if self.imgsz and tuple(batch.shape[2:]) != tuple(self.imgsz):
+            raise ValueError(
+                f"{self.name}: {self.file} has a fixed input of {self.imgsz[0]}x{self.imgsz[1]} but got "
+                f"{batch.shape[2]}x{batch.shape[3]}; letterbox to that size (auto=False) or export with --dynamic"
+            )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(file={self.file!r}, imgsz={self.imgsz}, batch={self.fixed_batch})"
+
+
+def as_hw(imgsz: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """640 -> (640, 640); [h, w] -> (h, w)."""
+    if isinstance(imgsz, (list, tuple)):
+        return (int(imgsz[0]), int(imgsz[-1]))
+    return (int(imgsz), int(imgsz))

@@ -1,0 +1,72 @@
+"""ONNX Runtime engine: the reference CPU runtime every other exported engine is checked against."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .base import Engine, EngineUnavailable
+from .metadata import interpret, nc_from_output_shape
+
+ORT_DTYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
+              "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def import_onnxruntime():
+    """onnxruntime, or EngineUnavailable naming the install command."""
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise EngineUnavailable(f"onnxruntime engine: package not importable ({e}); "
+                                "install it with `pip install onnxruntime` or choose --engine torch") from e
+    return onnxruntime
+
+
+class OnnxRuntimeEngine(Engine):
+    """ONNX file on the CPU execution provider with all graph optimisations on."""
+
+    name = "onnxruntime"
+
+    def load(self, path: str | Path) -> "OnnxRuntimeEngine":
+        ort = import_onnxruntime()
+        if self.device != "cpu":
+            raise EngineUnavailable(f"onnxruntime engine: this build runs on CPU only, got device={self.device!r}")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.inter_op_num_threads = 1  # one graph branch at a time; the threads go to intra-op work
+        if self.num_threads:
+            opts.intra_op_num_threads = int(self.num_threads)
+        self.file = str(path)
+        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        self._read_io()
+        return self
+
+    def _read_io(self) -> None:
+        """Input name/dtype/shape and metadata decide how batches are fed and what the classes are called."""
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_shape = list(inp.shape)
+        self.input_dtype = np.dtype(ORT_DTYPES.get(inp.type, np.float32))
+        self.output_name = self.session.get_outputs()[0].name
+        spatial = self.input_shape[2:4]
+        self.imgsz = tuple(spatial) if all(isinstance(d, int) and d > 0 for d in spatial) else None
+        b = self.input_shape[0] if self.input_shape else None
+        self.fixed_batch = b if isinstance(b, int) and b > 0 else None
+        self.dynamic = self.imgsz is None  # any image size; batch flexibility is fixed_batch's business
+        nc = nc_from_output_shape(list(self.session.get_outputs()[0].shape))
+        meta = interpret(self.session.get_modelmeta().custom_metadata_map, nc=nc)
+        self.names, self.stride, self.metadata = meta["names"], meta["stride"], meta
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    def version(self) -> str:
+        return import_onnxruntime().__version__
+
+    def threads(self) -> int | None:
+        if self.num_threads:
+            return self.num_threads
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count()  # ORT's default: one thread per physical core
