@@ -117,3 +117,14 @@ def test_official_yolov5n_all_engines_agree_on_bus(yolov5n_pt, bus_jpg, tmp_path
         assert np.allclose(preds[k], preds["torch"], rtol=1e-3, atol=1e-2), k
         assert d.shape == ref.shape and torch.equal(d[:, 5], ref[:, 5]), k
         assert torch.allclose(d[:, :5], ref[:, :5], atol=0.05), k
+
+
+def test_read_only_weights_folder_is_left_alone(tmp_path, yolov5n_pt, monkeypatch) -> None:
+    """Exporting the shared (read-only) yolov5n.pt writes under runs/export/, never beside the asset."""
+    from utils.export_onnx import export_weights
+
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in yolov5n_pt.parent.iterdir())
+    res = export_weights(yolov5n_pt, imgsz=64, verify=False, log=lambda *_: None)
+    assert sorted(p.name for p in yolov5n_pt.parent.iterdir()) == before
+    assert res["files"][0].resolve().is_relative_to(tmp_path / "runs" / "export")

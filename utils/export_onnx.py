@@ -268,6 +268,18 @@ def verification_image(imgsz: tuple[int, int]) -> tuple[np.ndarray, str]:
     return load_image_batch(path, imgsz), str(path)
 
 
+def output_path(weights: Path, suffix: str = ".onnx", log=print) -> Path:
+    """Next to the weights (Ultralytics convention), unless that folder is read-only: then runs/export/exp*/."""
+    from utils.files import increment_path
+    from utils.labels import is_writable_dir
+
+    if is_writable_dir(weights.parent):
+        return weights.with_suffix(suffix)
+    out = increment_path(Path("runs/export/exp"), mkdir=True) / weights.with_suffix(suffix).name
+    log(f"export: {weights.parent} is read-only, writing to {out.parent} instead")
+    return out
+
+
 def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), imgsz: int | tuple[int, int] = 640,
                    batch_size: int = 1, dynamic: bool = False, opset: int = DEFAULT_OPSET, simplify: bool = False,
                    device: str = "cpu", verify: bool = True, log=print) -> dict[str, Any]:
@@ -279,7 +291,7 @@ def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), im
     sparsity = model_sparsity(model)
     meta = export_metadata(model, hw, batch_size, dynamic, sparsity, _checkpoint_recipe(model))
     prepared = prepare_model(model)
-    onnx_file = export_onnx(prepared, weights.with_suffix(".onnx"), hw, batch_size, dynamic, opset, meta, simplify)
+    onnx_file = export_onnx(prepared, output_path(weights, log=log), hw, batch_size, dynamic, opset, meta, simplify)
     result: dict[str, Any] = {"files": [onnx_file], "sparsity": sparsity, "metadata": meta}
     shape = "dynamic" if dynamic else f"static {batch_size}x3x{hw[0]}x{hw[1]}"
     log(f"export: wrote {onnx_file} (opset {opset}, {shape})")
