@@ -1,0 +1,65 @@
+"""Compatibility layer for the end-of-life SparseML 1.8 stack on torch 2.13 (the only place that patches anything)."""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")  # must precede any sparseml/sparsezoo/deepsparse import
+
+import torch  # noqa: E402
+import torch.quantization as _torch_quantization  # noqa: E402
+from torch.ao.quantization.qconfig import QConfig as _TorchQConfig  # noqa: E402
+
+# SparseML 1.8's own default on torch>=1.10 (sparseml.pytorch.opset); QAT export needs >=13, and DeepSparse 1.8,
+# onnxruntime and OpenVINO all load it.
+ONNX_OPSET = 14
+
+
+class QConfigWithScheme(_TorchQConfig):
+    """torch's QConfig without __slots__, so SparseML can attach `.quantization_scheme` to it."""
+
+
+def _qconfig_accepts_attributes(cls: type) -> bool:
+    """True when instances of `cls` can carry extra attributes (older torch, or already patched)."""
+    try:
+        cls(torch.nn.Identity, torch.nn.Identity).quantization_scheme = None
+    except AttributeError:
+        return False
+    return True
+
+
+def apply_torch_compat() -> bool:
+    """Install the QConfig shim if this torch needs it; idempotent. True when torch.quantization.QConfig is patched."""
+    current = _torch_quantization.QConfig
+    if _qconfig_accepts_attributes(current):
+        return current is not _TorchQConfig  # True: patched earlier (maybe before a reload); False: torch needs none
+    # sparseml builds every QConfig via `torch.quantization.QConfig(...)` at call time, so swapping that one
+    # attribute is enough; torch.ao.quantization.QConfig stays the original and isinstance checks still pass.
+    _torch_quantization.QConfig = QConfigWithScheme
+    return True
+
+
+def import_sparseml() -> Any:
+    """Apply the shim, then return sparseml's ScheduledModifierManager class with a clear error if it is missing."""
+    apply_torch_compat()
+    try:
+        with warnings.catch_warnings():  # sparseml 1.8 imports pkg_resources; the pin (setuptools<81) keeps it working
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+            from sparseml.pytorch.optim import ScheduledModifierManager
+    except ImportError as e:
+        raise ImportError(
+            f"SparseML is needed for recipe-driven pruning/quantization but could not be imported ({e}). "
+            "Install the pinned stack with `pip install -r requirements.txt` (sparseml==1.8.0 needs Python <3.12)."
+        ) from e
+    return ScheduledModifierManager
+
+
+def onnx_export_kwargs(opset: int | None = None, for_sparseml: bool = False) -> dict[str, Any]:
+    """Keyword arguments that pick the legacy TorchScript ONNX exporter with a fixed opset.
+
+    torch 2.13 defaults to the dynamo exporter, which needs onnxscript; installing that pulls numpy 2 / onnx 1.2x and
+    breaks the sparseml pins. For torch.onnx.export the opset key is `opset_version`; SparseML's
+    ModuleExporter.export_onnx takes `opset` itself and forwards the rest to torch, so `for_sparseml=True` names it so.
+    """
+    return {"dynamo": False, ("opset" if for_sparseml else "opset_version"): int(opset or ONNX_OPSET)}
