@@ -97,3 +97,11 @@ def test_check_anchors_on_real_detect_head():
     before = model.model[-1].anchors.clone()
     assert check_anchors(fake_dataset(wh), model, imgsz=640) > 0.98
     assert torch.equal(model.model[-1].anchors, before)
+
+
+def test_label_wh_uses_hw_shape_order() -> None:
+    """Datasets store (h, w); a landscape image's long side is its width (regression: it was read transposed)."""
+    from utils.autoanchor import _label_wh
+
+    ds = SimpleNamespace(shapes=np.array([[200, 400]]), labels=[np.array([[0, 0.5, 0.5, 0.5, 0.5]])])
+    assert np.allclose(_label_wh(ds, 640), [[320.0, 160.0]])

@@ -39,7 +39,7 @@ def anchor_metrics(wh: np.ndarray, anchors: np.ndarray, thr: float = 4.0) -> tup
 
 def _label_wh(dataset: Any, img_size: int, rng: np.random.Generator | None = None) -> np.ndarray:
     """Box sizes in pixels at the training size, optionally jittered by +/-10% like the scale augmentation."""
-    shapes = np.asarray(dataset.shapes, dtype=np.float64)
+    shapes = np.asarray(dataset.shapes, dtype=np.float64)[:, ::-1]  # datasets store (h, w); labels are (w, h)
     shapes = img_size * shapes / shapes.max(1, keepdims=True)
     scale = rng.uniform(0.9, 1.1, size=(len(shapes), 1)) if rng is not None else np.ones((len(shapes), 1))
     wh = [np.asarray(l, dtype=np.float64).reshape(-1, 5)[:, 3:5] * s for s, l in zip(shapes * scale, dataset.labels)]

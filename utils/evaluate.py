@@ -36,11 +36,13 @@ class EvalState:
 def _forward(model: Any, imgs: torch.Tensor, targets: torch.Tensor, compute_loss: Callable | None, st: EvalState):
     """Decoded predictions (B, N, no); for nn.Modules also accumulates the val loss the trainer logs."""
     if isinstance(model, nn.Module):
+        device = next(model.parameters()).device
         with torch.no_grad():
-            out = model(imgs)
+            out = model(imgs.to(device))
+        out = (out[0].cpu(), out[1]) if isinstance(out, (tuple, list)) else out.cpu()
         pred, raw = (out[0], out[1]) if isinstance(out, (tuple, list)) else (out, None)
         if compute_loss is not None and raw is not None:
-            st.loss += compute_loss(raw, targets)[1].cpu()
+            st.loss += compute_loss(raw, targets.to(device))[1].cpu()
         return pred
     return torch.from_numpy(model(imgs.numpy()))
 
