@@ -1,0 +1,112 @@
+"""End-to-end CPU benchmark: DeepSparse vs ONNX Runtime vs PyTorch vs OpenVINO, dense vs pruned vs pruned-INT8.
+
+Usage:
+    python benchmark.py --weights a.pt b.onnx --engines deepsparse onnxruntime torch openvino --batch-size 1 64
+    python benchmark.py --cfg models/yolov5s.yaml --sparsity 0 0.8 --quantize          # builds the variants itself
+    python benchmark.py --weights yolov5n.pt --sparsity 0 0.5 0.8 --block none 1x4      # unstructured and 1x4 blocks
+    python benchmark.py --weights yolov5n.onnx --engines deepsparse openvino --scenario async --batch-size 64
+    python benchmark.py --cfg models/yolov5n.yaml --random --time 10 --num-cores 2
+
+Each row: pre-process (letterbox, normalize, NCHW) + engine + post-process (NMS, rescale), timed separately, after
+warm-up; results in runs/benchmark/exp*/ (results.csv, results.json, benchmark.png) with the ratio to a baseline.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import utils  # noqa: E402,F401  (sets NM_DISABLE_ANALYTICS before any Neural Magic import)
+from utils.assets import assets_dir  # noqa: E402
+from utils.augmentations import check_img_size  # noqa: E402
+from utils.benchmark.cli import ENGINES, build_variants, method_text, validate  # noqa: E402
+from utils.benchmark.machine import format_machine, machine_report  # noqa: E402
+from utils.benchmark.pipeline import load_images, random_images  # noqa: E402
+from utils.benchmark.report import add_ratios, collect_warnings, write_outputs  # noqa: E402
+from utils.benchmark.suite import Settings, run_grid  # noqa: E402
+from utils.cli import exit_on_user_error  # noqa: E402
+from utils.export_onnx import DEFAULT_OPSET  # noqa: E402
+from utils.files import LOGGER, increment_path, setup_logging  # noqa: E402
+
+
+def run(weights: list[str] | None = None, cfg: str | None = None, engines: list[str] = ENGINES,
+        batch_size: list[int] = (1,), imgsz: list[int] = (640,), sparsity: list[float] | None = None,
+        method: str = "global", block: list[str] = ("none",), quantize: bool = False, source: str | None = None,
+        random: bool = False, warmup: int = 25, iterations: int = 80, time_s: float | None = None,
+        num_cores: int | None = None, scenario: list[str] = ("sync",), num_streams: int | None = None,
+        baseline: str = "onnxruntime:dense", conf_thres: float = 0.25, iou_thres: float = 0.45, max_det: int = 1000,
+        openvino_precision: str = "f32", opset: int = DEFAULT_OPSET, device: str = "cpu",
+        project: str = "runs/benchmark", name: str = "exp", exist_ok: bool = False) -> dict[str, Any]:
+    """Time every (batch size, variant, engine, scenario); returns the report dict (also saved as results.json)."""
+    engines, scenario = validate(engines, batch_size, sparsity, scenario, warmup, iterations, time_s)
+    hw = check_img_size([imgsz[0], imgsz[-1]] if isinstance(imgsz, (list, tuple)) else [imgsz, imgsz], s=32)
+    settings = Settings(tuple(hw), warmup, iterations, time_s, num_cores, num_streams, conf_thres, iou_thres,
+                        max_det, openvino_precision, device)
+    machine = machine_report(num_cores)
+    LOGGER.info(format_machine(machine))
+    LOGGER.info(method_text(settings, scenario))
+    source = source or str(assets_dir() / "images")
+    images = random_images(2, settings.imgsz) if random else load_images(source)
+    variants, notes = build_variants(weights, cfg, sparsity, method, block, quantize, opset, max(settings.imgsz))
+    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)  # only once the inputs are good
+    inputs = "random noise" if random else f"{len(images)} images from {source}"
+    LOGGER.info(f"Variants: {', '.join(v.name for v in variants)}; engines: {', '.join(engines)}; "
+                f"batch sizes: {', '.join(map(str, batch_size))}; inputs: {inputs}")
+    rows = run_grid(variants, engines, list(batch_size), scenario, images, settings, save_dir / "models",
+                    machine["cores_used"] or 1, LOGGER.info)
+    notes += [n for n in [add_ratios(rows, baseline)] if n]
+    warnings = collect_warnings(rows, machine)
+    report = {"machine": machine, "method": method_text(settings, scenario), "settings": vars(settings),
+              "baseline": baseline, "rows": rows, "warnings": warnings, "notes": notes, "save_dir": str(save_dir)}
+    write_outputs(report, save_dir, LOGGER.info)
+    return report
+
+
+def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", nargs="+", default=None,
+                   help=".pt / .onnx / OpenVINO IR files (default: shared yolov5n.pt unless --cfg is given)")
+    p.add_argument("--cfg", type=str, default=None, help="model yaml to build variants from (random weights)")
+    p.add_argument("--engines", "--engine", nargs="+", default=list(ENGINES), help=f"any of {' '.join(ENGINES)}")
+    p.add_argument("--batch-size", nargs="+", type=int, default=[1], help="batch sizes: 1 = latency, 64 = throughput")
+    p.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640], help="inference size h [w]")
+    p.add_argument("--sparsity", nargs="+", type=float, default=None,
+                   help="one-shot prune each .pt / --cfg model to these global sparsities (0 = dense)")
+    p.add_argument("--method", choices=["global", "layerwise"], default="global", help="unstructured pruning method")
+    p.add_argument("--block", nargs="+", default=["none"], help="sparsity patterns: none (unstructured) and/or 1x4")
+    p.add_argument("--quantize", action="store_true", help="add INT8 twins of the built variants (needs an exporter)")
+    p.add_argument("--source", type=str, default=None, help="image file/folder (default: shared demo images)")
+    p.add_argument("--random", action="store_true", help="random-noise images instead of --source")
+    p.add_argument("--warmup", type=int, default=25, help="warm-up batches per row (not measured)")
+    p.add_argument("--iterations", type=int, default=80, help="measured batches per row")
+    p.add_argument("--time", dest="time_s", type=float, default=None, help="measure for S seconds instead")
+    p.add_argument("--num-cores", type=int, default=None, help="threads/cores per engine (default: engine's own)")
+    p.add_argument("--scenario", nargs="+", default=["sync"], help="sync and/or async (multi-stream engines)")
+    p.add_argument("--num-streams", type=int, default=None, help="async streams (default: engine's choice)")
+    p.add_argument("--baseline", default="onnxruntime:dense", help="ratio reference: engine[:variant]")
+    p.add_argument("--conf-thres", type=float, default=0.25, help="NMS confidence threshold")
+    p.add_argument("--iou-thres", type=float, default=0.45, help="NMS IoU threshold")
+    p.add_argument("--max-det", type=int, default=1000, help="maximum detections per image")
+    p.add_argument("--openvino-precision", choices=["f32", "bf16", "f16"], default="f32",
+                   help="OpenVINO inference precision hint (its own default on bf16 CPUs is bf16)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset for built variants")
+    p.add_argument("--device", default="cpu", help="cpu (all engines here are CPU engines)")
+    p.add_argument("--project", default="runs/benchmark", help="save results to project/name")
+    p.add_argument("--name", default="exp", help="save results to project/name")
+    p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    return p.parse_args(argv)
+
+
+def main(opt: argparse.Namespace) -> dict[str, Any]:
+    setup_logging()
+    return run(**vars(opt))
+
+
+if __name__ == "__main__":
+    with exit_on_user_error():
+        main(parse_opt())

@@ -1,0 +1,104 @@
+"""benchmark.py's argument checks, variant assembly and printed method, kept out of the thin script."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from utils.engines import engine_name
+
+from .blocks import parse_block
+from .suite import Settings
+from .variants import Variant, calibrate_bn, file_variant, find_int8_exporter, int8_variants, pruned_models
+
+ENGINES = ("deepsparse", "onnxruntime", "torch", "openvino")
+SCENARIOS = ("sync", "async")
+DEFAULT_WEIGHTS = "weights/yolov5n.pt"
+NO_INT8 = ("INT8 rows skipped: no INT8 exporter is available yet (the QAT/recipes work provides one through "
+           "utils.benchmark.variants.register_int8_exporter or utils.quantization.export_int8_onnx); to time an "
+           "existing INT8 model pass its .onnx with --weights")
+
+
+def validate(engines: list[str], batch_sizes: list[int], sparsity: list[float] | None, scenarios: list[str],
+             warmup: int, iterations: int, time_s: float | None) -> tuple[list[str], list[str]]:
+    """Canonical engine and scenario names; ValueError with the fix for anything out of range."""
+    names = list(dict.fromkeys(engine_name("x", e) for e in engines))  # unknown names raise with the valid list
+    bad = [s for s in scenarios if s not in SCENARIOS]
+    if bad:
+        raise ValueError(f"--scenario {bad}: choose from {', '.join(SCENARIOS)}")
+    if any(b < 1 for b in batch_sizes):
+        raise ValueError(f"--batch-size {list(batch_sizes)}: batch sizes must be >= 1")
+    if sparsity and any(not 0 <= s < 1 for s in sparsity):
+        raise ValueError(f"--sparsity {sparsity}: each level must be in [0, 1), e.g. --sparsity 0 0.5 0.8")
+    if warmup < 0 or (time_s is None and iterations < 1) or (time_s is not None and time_s <= 0):
+        raise ValueError("--warmup must be >= 0 and --iterations >= 1 (or --time > 0)")
+    return names, list(dict.fromkeys(scenarios))
+
+
+def _base_models(weights: list[str] | None, cfg: str | None, sparsity: list[float] | None, calib_size: int):
+    """(group, model, source) to prune, plus user files timed as they are."""
+    from models.yolo import DetectionModel
+    from utils.assets import asset
+    from utils.checkpoint import load_model
+
+    if not weights and not cfg:
+        weights = [str(asset(DEFAULT_WEIGHTS))]
+    bases, files = [], []
+    if cfg:
+        if not Path(cfg).is_file():
+            raise FileNotFoundError(f"--cfg {cfg}: model yaml not found; e.g. --cfg models/yolov5s.yaml")
+        model = calibrate_bn(DetectionModel(cfg), calib_size)
+        bases.append((Path(cfg).stem, model, f"{cfg} (random init, BN calibrated)"))
+    for w in weights or []:
+        p = Path(w)
+        if not p.exists():
+            raise FileNotFoundError(f"--weights {w}: file not found")
+        if sparsity and p.suffix in (".pt", ".pth"):
+            bases.append((p.stem, load_model(str(p)), str(p)))
+        else:
+            files.append(p)
+    return bases, files
+
+
+def build_variants(weights: list[str] | None, cfg: str | None, sparsity: list[float] | None, method: str,
+                   block: list[str], quantize: bool, opset: int, imgsz: int = 640) -> tuple[list[Variant], list[str]]:
+    """Dense/pruned FP32 copies of each base model, user files as given, INT8 twins when an exporter exists."""
+    calib_size = min(imgsz, 256)  # BN statistics barely depend on resolution; 256 keeps calibration cheap
+    bases, files = _base_models(weights, cfg, sparsity, calib_size)
+    blocks = list(dict.fromkeys(parse_block(b) for b in block))
+    variants: list[Variant] = []
+    for group, model, source in bases:
+        variants += pruned_models(model, group, sorted(set(sparsity or [0.0])), blocks, method, opset, source,
+                                  calib_size)
+    variants += [file_variant(p, opset) for p in files]
+    notes = []
+    if quantize:
+        exporter = find_int8_exporter()
+        if exporter is None:
+            notes.append(NO_INT8)
+        else:
+            variants += int8_variants(variants, exporter)
+    if any(b > 1 for b in blocks) and not bases:
+        notes.append("--block applies to models pruned here (--cfg, or .pt with --sparsity); files are timed as given")
+    return variants, notes
+
+
+def method_text(s: Settings, scenarios: list[str]) -> str:
+    """The measurement method, printed before the table and stored in results.json."""
+    h, w = s.imgsz
+    measured = f"{s.time_s:g} s of measured batches" if s.time_s else f"{s.iterations} measured batches"
+    return "\n".join([
+        "Method: end to end per batch; each stage timed separately (perf_counter), plus their total:",
+        f"  pre-process : letterbox every image to {h}x{w} (no rect shrink), BGR->RGB, HWC->CHW, /255 float32",
+        "  engine      : one engine call on the whole batch (static engines compiled for this batch size)",
+        f"  post-process: NMS (conf {s.conf_thres}, IoU {s.iou_thres}) + rescale boxes to each original image",
+        f"  {s.warmup} warm-up batches (not recorded), then {measured}; items/sec = images / measured wall time;",
+        "  ms/batch mean, median, p90, p99, std over the measured batches; batch 1 = latency, 64 = throughput.",
+        f"  scenario {'/'.join(scenarios)}: sync = one request at a time; async = several streams in parallel "
+        "(DeepSparse multi_stream, OpenVINO THROUGHPUT hint; n/a for PyTorch and ONNX Runtime).",
+        f"  threads per engine: {s.num_cores or 'engine default'}; rows run one after another in this process.",
+        "  foreign CPU load = (busy time of all CPUs from /proc/stat - this process's CPU time) / (wall x CPUs),",
+        "  during the measured window; rows above 5% are flagged because other work distorts CPU timings.",
+        "Speed does not depend on trained weight values, only on layer shapes, sparsity pattern and precision: a",
+        "one-shot pruned copy times like a trained sparse model (NMS time does depend on how many boxes pass conf).",
+        "  Models built here (--cfg, --sparsity) get BN statistics re-estimated on noise: random-init or one-shot",
+        "  pruned weights otherwise shrink activations towards zero, values no trained model feeds an engine.",
+    ])

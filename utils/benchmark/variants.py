@@ -1,0 +1,183 @@
+"""Model variants to benchmark: dense FP32, pruned FP32 (unstructured or 1xN blocks), INT8 (pluggable), or files.
+
+Engine speed depends on layer shapes, the sparsity pattern and the precision, not on what the weights were trained
+to, so pruning a randomly initialised or an official checkpoint one-shot gives the speed of a trained sparse model.
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from utils.export_onnx import DEFAULT_OPSET, export_metadata, export_onnx, onnx_conv_sparsity, prepare_model
+from utils.sparsity.measure import global_sparsity
+from utils.sparsity.oneshot import bn_recalibrate, prune_oneshot
+
+from .blocks import prune_blocks
+
+# Int8Exporter(model, file, imgsz, batch_size) -> path of an INT8 ONNX file that DeepSparse/ORT/OpenVINO can run.
+Int8Exporter = Callable[[nn.Module, Path, tuple[int, int], int], Path]
+# The QAT/recipes issue plugs its exporter in here (or calls register_int8_exporter) - "module:function".
+INT8_ENTRY_POINT = "utils.quantization:export_int8_onnx"
+_INT8_EXPORTERS: list[Int8Exporter] = []
+FILE_DENSE_BELOW = 0.10
+QUANT_OPS = {"ConvInteger", "QLinearConv", "MatMulInteger", "QLinearMatMul", "QuantizeLinear", "DequantizeLinear"}
+
+
+class NotApplicable(RuntimeError):
+    """This variant cannot run on that engine (e.g. an ONNX file in PyTorch); the row is reported as n/a."""
+
+
+def register_int8_exporter(fn: Int8Exporter) -> Int8Exporter:
+    """Make --quantize build INT8 variants with `fn` (last registered wins); usable as a decorator."""
+    _INT8_EXPORTERS.append(fn)
+    return fn
+
+
+def find_int8_exporter() -> Int8Exporter | None:
+    """A registered INT8 exporter, else the entry point if that module exists, else None (INT8 rows skipped)."""
+    if _INT8_EXPORTERS:
+        return _INT8_EXPORTERS[-1]
+    module, _, attr = INT8_ENTRY_POINT.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        return None
+
+
+def fp32_exporter(opset: int = DEFAULT_OPSET) -> Int8Exporter:
+    """Static-shape FP32 ONNX through export.py's own path (BN folded, Detect decoded, metadata attached)."""
+    def export(model: nn.Module, file: Path, imgsz: tuple[int, int], batch_size: int) -> Path:
+        meta = export_metadata(model, imgsz, batch_size, False, global_sparsity(model))
+        return export_onnx(prepare_model(model), file, imgsz, batch_size, dynamic=False, opset=opset, metadata=meta)
+    return export
+
+
+@dataclass
+class Variant:
+    """One model to time on every engine: an in-memory model (exported on demand per batch size) or given files."""
+
+    name: str
+    group: str
+    sparsity: float
+    pattern: str = "dense"
+    precision: str = "FP32"
+    model: nn.Module | None = None
+    onnx: Path | None = None
+    ir: Path | None = None
+    exporter: Int8Exporter | None = None
+    source: str = ""
+    _files: dict[int, Path] = field(default_factory=dict, repr=False)
+    _torch: nn.Module | None = field(default=None, repr=False)
+
+    def weights_for(self, engine: str, batch_size: int, imgsz: tuple[int, int], workdir: Path) -> nn.Module | Path:
+        """What load_engine needs for this engine: a fused model for torch, an ONNX/IR file for the others."""
+        if engine == "torch":
+            if self.model is None or self.precision != "FP32":
+                raise NotApplicable("PyTorch runs checkpoints only; this variant is an exported file")
+            if self._torch is None:
+                self._torch = prepare_model(self.model)  # BN folded, same graph the ONNX engines get
+            return self._torch
+        if engine == "openvino" and self.ir is not None:
+            return self.ir
+        if self.onnx is not None:
+            return self.onnx
+        if self.model is None or self.exporter is None:
+            raise NotApplicable(f"no ONNX file for {self.name}")
+        if batch_size not in self._files:
+            workdir.mkdir(parents=True, exist_ok=True)
+            file = workdir / f"{slug(self.name)}_b{batch_size}_{imgsz[0]}x{imgsz[1]}.onnx"
+            # a copy: an INT8 exporter may insert fake-quant modules; the FP32 twin must not change
+            self._files[batch_size] = Path(self.exporter(copy.deepcopy(self.model), file, imgsz, batch_size))
+        return self._files[batch_size]
+
+
+def slug(text: str) -> str:
+    """File-name-safe form of a variant name."""
+    return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower()
+
+
+def sparsity_label(sparsity: float, pattern: str, dense_below: float = 0.01) -> str:
+    """'dense', 'pruned80' or 'pruned80-1x4': how the seed tables name model types."""
+    if sparsity < dense_below:
+        return "dense"
+    return f"pruned{round(sparsity * 100)}" + ("" if pattern in ("unstructured", "dense") else f"-{pattern}")
+
+
+def model_variant(model: nn.Module, group: str, pattern: str, opset: int, source: str) -> Variant:
+    """A variant for an in-memory FP32 model, its sparsity measured rather than assumed."""
+    s = global_sparsity(model)
+    pattern = "dense" if s < 0.01 else pattern
+    return Variant(f"{group} {sparsity_label(s, pattern)} FP32", group, s, pattern, "FP32", model=model,
+                   exporter=fp32_exporter(opset), source=source)
+
+
+def calibrate_bn(model: nn.Module, size: int = 256, batches: int = 2) -> nn.Module:
+    """Re-estimate BN statistics on noise so activations keep the O(1) magnitudes of a trained model.
+
+    A fresh yolov5n shrinks activations to ~1e-9 by the neck, and 80% one-shot pruning leaves whole layers
+    outputting exact zeros. Engines should not be timed on values no trained model produces (denormal or all-zero
+    fast paths, NMS with no candidates), so every model built here gets BN statistics that normalise them again.
+    """
+    gen = torch.Generator().manual_seed(0)
+    bn_recalibrate(model, [torch.rand(2, 3, size, size, generator=gen) for _ in range(batches)], batches)
+    return model.eval()
+
+
+def pruned_models(base: nn.Module, group: str, levels: list[float], blocks: list[int], method: str, opset: int,
+                  source: str, calib_size: int = 256) -> list[Variant]:
+    """Dense once, then one pruned copy per (sparsity level, block size); level 0 is the dense model itself."""
+    out = [model_variant(copy.deepcopy(base).eval(), group, "dense", opset, source)] if 0 in levels else []
+    for level in (lv for lv in levels if lv > 0):
+        for block in blocks:
+            m = copy.deepcopy(base).eval()
+            if block > 1:
+                prune_blocks(m, level, block)
+            else:
+                prune_oneshot(m, level, method=method)
+            calibrate_bn(m, calib_size)
+            pattern = f"1x{block}" if block > 1 else "unstructured"
+            how = f"one-shot {method}" if block == 1 else f"one-shot 1x{block} blocks"
+            out.append(model_variant(m, group, pattern, opset, f"{source}, {how}"))
+    return out
+
+
+def int8_variants(fp32: list[Variant], exporter: Int8Exporter) -> list[Variant]:
+    """One INT8 twin per in-memory FP32 variant (dense INT8, pruned INT8), exported by the plugged-in exporter."""
+    return [Variant(v.name.replace(" FP32", " INT8"), v.group, v.sparsity, v.pattern, "INT8", model=v.model,
+                    exporter=exporter, source=f"{v.source}, INT8 export")
+            for v in fp32 if v.model is not None and v.precision == "FP32"]
+
+
+def onnx_precision(file: Path) -> str:
+    """'INT8' when the graph holds quantized ops, else 'FP16'/'FP32' from the first float initializer."""
+    import onnx
+
+    proto = onnx.load(str(file), load_external_data=False)
+    if any(n.op_type in QUANT_OPS for n in proto.graph.node):
+        return "INT8"
+    fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
+    return "FP16" if fp16 else "FP32"
+
+
+def file_variant(path: Path, opset: int) -> Variant:
+    """A variant for a user file: .pt loads as a model; .onnx / OpenVINO IR are timed as they are."""
+    group = path.stem if path.is_file() else path.name
+    if path.suffix in (".pt", ".pth"):
+        from utils.checkpoint import load_model
+
+        return model_variant(load_model(str(path)), group, "unstructured", opset, str(path))
+    if path.suffix == ".onnx":
+        # INT8 weights land on the zero point by rounding (~7% in a dense QAT yolov5n): call < 10% dense
+        s, prec = onnx_conv_sparsity(path)["sparsity"], onnx_precision(path)
+        dense = s < FILE_DENSE_BELOW
+        return Variant(f"{group} {sparsity_label(s, 'unstructured', FILE_DENSE_BELOW)} {prec}", group, s,
+                       "dense" if dense else "unstructured", prec, onnx=path, source=str(path))
+    if path.suffix == ".xml" or path.is_dir():
+        return Variant(f"{group} OpenVINO IR", group, float("nan"), "?", "?", ir=path, source=str(path))
+    raise ValueError(f"{path}: unsupported weights; pass a .pt checkpoint, an .onnx file or an OpenVINO IR")
