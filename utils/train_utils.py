@@ -1,6 +1,8 @@
 """Training building blocks (Ultralytics v7.0 semantics): EMA, optimizer groups, LR shapes, seeds, RNG, early stop."""
 from __future__ import annotations
 
+from utils.files import increment_path  # noqa: F401  (re-exported: train.py and tests import it from here)
+
 import glob
 import math
 import os
@@ -200,18 +202,6 @@ def torch_distributed_zero_first(local_rank: int) -> Iterator[None]:
     yield
     if active and local_rank == 0:
         dist.barrier()
-
-
-def increment_path(path: str | os.PathLike, exist_ok: bool = False, sep: str = "") -> Path:
-    """runs/train/exp -> runs/train/exp2, exp3, ... so a new run never overwrites an old one (Ultralytics rule)."""
-    path = Path(path)
-    if not path.exists() or exist_ok:
-        return path
-    base, suffix = (path.with_suffix(""), path.suffix) if path.is_file() else (path, "")
-    n = 2
-    while Path(f"{base}{sep}{n}{suffix}").exists():
-        n += 1
-    return Path(f"{base}{sep}{n}{suffix}")
 
 
 def latest_run(search_dir: str | os.PathLike = ".") -> str:
