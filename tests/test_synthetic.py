@@ -34,7 +34,7 @@ def test_layout_yaml_and_labels_valid(tmp_path):
         assert [p.stem for p in images] == [p.stem for p in labels]
         for f in labels:
             lab = np.loadtxt(f, ndmin=2)
-            assert 1 <= len(lab) <= 8 and lab.shape[1] == 5
+            assert 1 <= len(lab) <= 5 and lab.shape[1] == 5
             assert set(lab[:, 0]) <= set(range(len(NAMES)))
             xy, wh = lab[:, 1:3], lab[:, 3:5]
             assert (wh > 0).all() and (xy - wh / 2 >= 0).all() and (xy + wh / 2 <= 1 + 1e-6).all()

@@ -114,13 +114,16 @@ def _overlap_ok(box: np.ndarray, boxes: list[np.ndarray]) -> bool:
 
 
 def random_shapes(rng: np.random.Generator, size: int, im: np.ndarray | None = None) -> list[Shape]:
-    """1-8 shapes fully inside the image, boxes ~7-35% of the side, limited mutual overlap."""
-    n = int(rng.integers(1, 9))
+    """1-5 shapes fully inside the image, boxes ~16-44% of the side, limited mutual overlap.
+
+    Sizes are chosen so yolov5n learns the set to mAP50 > 0.9 in minutes at 160 px on 2 CPU cores (the demo budget).
+    """
+    n = int(rng.integers(1, 6))
     shapes, boxes = [], []
     for _ in range(n * 20):  # placement attempts
         if len(shapes) == n:
             break
-        r = float(rng.uniform(0.04, 0.175) * size)
+        r = float(rng.uniform(0.08, 0.22) * size)
         cx, cy = (float(v) for v in rng.uniform(r + 1, size - r - 1, 2))
         s = Shape(int(rng.integers(0, len(NAMES))), cx, cy, r, float(rng.uniform(0, 2 * np.pi)), (0, 0, 0))
         box = shape_box(s)
