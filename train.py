@@ -30,6 +30,7 @@ from utils.callbacks import Callback  # noqa: E402
 from utils.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from utils.data_config import DatasetError  # noqa: E402
 from utils.train_utils import increment_path, latest_run  # noqa: E402
+from utils.sparsity.recipes import RecipeError  # noqa: E402
 from utils.trainer import Trainer, TrainConfigError  # noqa: E402
 
 LOCAL_RANK = int(os.getenv("LOCAL_RANK", -1))
@@ -69,7 +70,7 @@ def parse_opt(known: bool = False, args: list[str] | None = None) -> argparse.Na
     parser.add_argument("--save-period", type=int, default=-1, help="save checkpoint every x epochs (disabled if < 1)")
     parser.add_argument("--seed", type=int, default=0, help="global training seed")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="automatic DDP Multi-GPU argument")
-    parser.add_argument("--recipe", type=str, default=None, help="SparseML recipe (path or zoo: stub)")
+    parser.add_argument("--recipe", type=str, default=None, help="SparseML recipe: .yaml/.md path, zoo: stub or YAML text")
     parser.add_argument("--recipe-args", type=str, default=None, help="json/yaml dict overriding recipe variables")
     return parser.parse_known_args(args)[0] if known else parser.parse_args(args)
 
@@ -134,11 +135,24 @@ def init_distributed(opt: argparse.Namespace) -> None:
     opt.save_dir = box[0]
 
 
+def sparsification_callbacks(opt: argparse.Namespace) -> list[Callback]:
+    """--recipe: check it now (before data and model are built), then run it through the trainer's hooks."""
+    if not getattr(opt, "recipe", None):
+        return []
+    from utils.sparsity.manager import SparsificationCallback
+    from utils.sparsity.recipes import load_recipe
+    if "\n" not in str(opt.recipe) and not str(opt.recipe).startswith("zoo:"):
+        opt.recipe = _resolve(str(opt.recipe))
+    load_recipe(opt.recipe, opt.recipe_args)  # RecipeError names recipe, modifier and field
+    return [SparsificationCallback(opt.recipe, opt.recipe_args)]
+
+
 def main(opt: argparse.Namespace, callbacks: list[Callback] | None = None) -> dict:
     """Resolve options (or those of the run being resumed), then set up and fit one Trainer."""
     logging.basicConfig(format="%(message)s", level=logging.INFO if RANK in (-1, 0) else logging.WARNING)
     opt = resume_options(opt) if opt.resume else new_run_options(opt)
     init_distributed(opt)
+    callbacks = list(callbacks or []) + sparsification_callbacks(opt)
     try:
         return Trainer(opt, opt.hyp, callbacks).setup().fit()
     finally:
@@ -157,6 +171,6 @@ def run(**kwargs) -> dict:
 if __name__ == "__main__":
     try:
         main(parse_opt())
-    except (TrainConfigError, CheckpointError, DatasetError) as e:
+    except (TrainConfigError, CheckpointError, DatasetError, RecipeError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         sys.exit(1)

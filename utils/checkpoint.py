@@ -126,6 +126,9 @@ def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> nn.Mod
     from models.yolo import DetectionModel
 
     model = DetectionModel(ckpt["yaml"])
+    if ckpt.get("recipe"):  # sparse/QAT checkpoint: rebuild QAT wrappers before the weights can fit
+        from utils.sparsity.manager import apply_recipe_structure
+        apply_recipe_structure(model, ckpt["recipe"], ckpt.get("recipe_epoch"))
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as e:

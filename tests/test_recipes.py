@@ -1,0 +1,135 @@
+"""Recipe loading: .yaml/.md/text forms, variables, and one clear message per broken-recipe case."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from models.yolo import DetectionModel
+from utils.sparsity.recipes import RecipeError, front_matter, load_recipe, parse_recipe_args, unmatched_targets
+
+GMP = """
+num_epochs: 4
+end: eval(num_epochs - 1)
+modifiers:
+  - !EpochRangeModifier
+    start_epoch: 0
+    end_epoch: eval(num_epochs)
+  - !GMPruningModifier
+    init_sparsity: 0.05
+    final_sparsity: 0.5
+    start_epoch: 0
+    end_epoch: eval(end)
+    update_frequency: 0.5
+    params: ["re:model.*.conv.weight"]
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> DetectionModel:
+    return DetectionModel("models/yolov5n.yaml")
+
+
+@pytest.fixture(scope="module")
+def v6_model() -> DetectionModel:
+    return DetectionModel("models/yolov5s.yaml")
+
+
+def _mods(rec) -> list[str]:
+    return sorted(type(m).__name__ for m in rec.modifiers())
+
+
+def test_text_yaml_and_md_forms_agree(tmp_path: Path):
+    (tmp_path / "r.yaml").write_text(GMP)
+    (tmp_path / "r.md").write_text("<!-- licence -->\n\n---" + GMP + "---\n\n# A recipe card\nSome text: here\n")
+    for src in (GMP, tmp_path / "r.yaml", tmp_path / "r.md"):
+        rec = load_recipe(src)
+        assert _mods(rec) == ["EpochRangeModifier", "GMPruningModifier"]
+        assert rec.manager.max_epochs == 4
+
+
+def test_variables_and_eval(tmp_path: Path):
+    rec = load_recipe(GMP, '{"num_epochs": 10}')
+    gmp = next(m for m in rec.modifiers() if type(m).__name__ == "GMPruningModifier")
+    assert rec.manager.max_epochs == 10 and gmp.end_epoch == 9
+    assert parse_recipe_args("num_epochs: 3") == {"num_epochs": 3}
+
+
+def test_front_matter_plain_yaml_unchanged():
+    assert front_matter(GMP) == GMP
+
+
+@pytest.mark.parametrize("text, parts", [
+    ("modifiers:\n  - !GMPruningModifier\n    params: [a\n", ["YAML error", "line"]),
+    ("modifiers:\n  - !FooModifier\n    start_epoch: 0\n", ["unknown modifier 'FooModifier'", "#0", "GMPruningModifier"]),
+    (GMP.replace("update_frequency: 0.5", "update_frequency: 0.5\n    foo: 3"),
+     ["GMPruningModifier", "field 'foo'", "unknown field"]),
+    (GMP.replace("final_sparsity: 0.5", "final_sparsity: abc"), ["GMPruningModifier", "field 'final_sparsity'"]),
+    (GMP.replace("    final_sparsity: 0.5\n", ""), ["GMPruningModifier", "field 'final_sparsity'", "missing"]),
+    ("- just\n- a list\n", ["expected a YAML mapping"]),
+])
+def test_broken_recipes_name_modifier_and_field(text: str, parts: list[str]):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(text)
+    msg = str(e.value)
+    assert "recipe <recipe text>" in msg
+    for p in parts:
+        assert p in msg, msg
+
+
+def test_unknown_recipe_arg_and_missing_file():
+    with pytest.raises(RecipeError, match="num_epoch.*not variables"):
+        load_recipe(GMP, {"num_epoch": 3})
+    with pytest.raises(RecipeError, match="nope.yaml: file not found"):
+        load_recipe("nope.yaml")
+
+
+def test_layer_names_matching_nothing(tiny_model):
+    bad = GMP.replace('["re:model.*.conv.weight"]', '["model.3.conv.weight", "model.99.conv.weight"]')
+    with pytest.raises(RecipeError) as e:
+        load_recipe(bad, model=tiny_model)
+    msg = str(e.value)
+    assert "GMPruningModifier" in msg and "field 'params'" in msg and "model.99.conv.weight" in msg
+    assert "model.3.conv.weight" not in msg  # that one exists
+    load_recipe(GMP, model=tiny_model)  # regexes that match pass
+
+
+def test_reference_recipes_load_and_report_v5_names(assets: Path, v6_model):
+    files = sorted((assets / "reference_recipes").glob("*/*"))
+    assert len(files) >= 10
+    unmatched = {}
+    for f in files:
+        rec = load_recipe(f)
+        assert rec.modifiers(), f
+        unmatched[f.name] = unmatched_targets(rec, v6_model)
+    # v6 SparseZoo recipes are written for these layer names; the v5.0-era s recipes name the old SPP/C3 layout
+    assert unmatched["yolov5s.pruned75_quant-none.recipe.yaml"] == []
+    assert unmatched["yolov5s.pruned75_quant-none.transfer_learn.recipe.yaml"] == []
+    old = " ".join(unmatched["yolov5s.pruned.md"])
+    assert "model.9.cv3.conv.weight" in old and "model.4.m.2.cv1.conv.weight" in old
+
+
+@pytest.mark.parametrize("size", ["n", "s", "m", "l"])
+def test_our_recipes_fit_v6_models(size: str):
+    model = DetectionModel(f"models/yolov5{size}.yaml")
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    files = [root / f"yolov5{size}.pruned.yaml", root / f"yolov5{size}.pruned_quantized.yaml"]
+    if size == "n":
+        files += [root / "demo.pruned.yaml", root / "yolov5.transfer_learn_pruned.yaml",
+                  root / "yolov5.transfer_learn_pruned_quantized.yaml"]
+    for f in files:
+        rec = load_recipe(f, model=model)  # raises when a layer regex matches nothing
+        assert rec.manager.max_epochs > 0
+        again = load_recipe(str(rec.manager), model=model)  # the form stored in checkpoints round-trips
+        assert again.manager.max_epochs == rec.manager.max_epochs
+
+
+def test_zoo_stub_from_local_mirror(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("YOLOV5_SPARSE_ZOO", str(tmp_path))
+    stub = "zoo:yolov5-n-coco128-pruned50"
+    with pytest.raises(RecipeError, match=f"{stub}: no recipe in the local zoo mirror.*{tmp_path}"):
+        load_recipe(stub)
+    folder = tmp_path / "yolov5-n-coco128-pruned50/recipes"
+    folder.mkdir(parents=True)
+    (folder / "recipe_transfer_learn.md").write_text("---" + GMP + "---\n# card\n")
+    assert load_recipe(stub + "?recipe_type=transfer_learn").manager.max_epochs == 4

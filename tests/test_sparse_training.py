@@ -1,0 +1,213 @@
+"""Recipe-driven training: a tiny GMP run reaches its target, checkpoints carry the recipe, resume is exact."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from utils.sparsity.manager import SparsificationCallback, apply_recipe_structure, remap_mask_keys
+from utils.sparsity.measure import global_sparsity
+from utils.sparsity.recipes import RecipeError, load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# 64 images at batch 32: 2 batches, accumulate 2 (nominal batch 64) -> one optimizer step per epoch, at epoch + 0.5
+GMP = """
+num_epochs: 3
+modifiers:
+  - !EpochRangeModifier
+    start_epoch: 0
+    end_epoch: eval(num_epochs)
+  - !SetLearningRateModifier
+    start_epoch: 0
+    learning_rate: 0.002
+  - !GMPruningModifier
+    init_sparsity: 0.2
+    final_sparsity: 0.5
+    start_epoch: 0
+    end_epoch: 2
+    update_frequency: 1.0
+    mask_type: unstructured
+    params: ["re:model[.][1-9][0-9]*[.].*conv[.]weight"]
+"""
+CONSTANT = """
+modifiers:
+  - !ConstantPruningModifier
+    start_epoch: 0
+    params: __ALL_PRUNABLE__
+"""
+QAT = """
+modifiers:
+  - !QuantizationModifier
+    start_epoch: 0
+"""
+
+KILL_SCRIPT = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import train
+from utils.callbacks import Callback
+
+class KillAfterEpoch(Callback):
+    def on_train_epoch_start(self, trainer):
+        if trainer.epoch == {k} + 1:  # last.pt of epoch k is on disk, pruning is half-way
+            os.kill(os.getpid(), signal.SIGKILL)
+
+train.main(train.parse_opt(), callbacks=[KillAfterEpoch()])
+"""
+
+
+def _data(tmp: Path, coco128_dir: Path, n: int = 64) -> Path:
+    images = sorted((coco128_dir / "images/train2017").glob("*.jpg"))[:n]
+    (tmp / "images.txt").write_text("".join(f"{p}\n" for p in images))
+    names = (coco128_dir / "classes.txt").read_text().splitlines()
+    data = tmp / "data.yaml"
+    data.write_text(yaml.safe_dump({"path": str(tmp), "train": str(tmp / "images.txt"),
+                                    "val": str(tmp / "images.txt"), "names": names}))
+    return data
+
+
+def _train(args: list[str], script: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(script or ROOT / "train.py"), *args]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+def _rows(csv: Path) -> list[dict]:
+    lines = [[c.strip() for c in ln.split(",")] for ln in csv.read_text().splitlines() if ln.strip()]
+    return [dict(zip(lines[0], map(float, row))) for row in lines[1:]]
+
+
+@pytest.fixture(scope="module")
+def gmp_run(tmp_path_factory, coco128_dir: Path, yolov5n_pt: Path) -> dict:
+    """One uninterrupted 3-epoch GMP run; the resume test compares against it."""
+    tmp = tmp_path_factory.mktemp("gmp")
+    recipe = tmp / "gmp.yaml"
+    recipe.write_text(GMP)
+    args = ["--weights", str(yolov5n_pt), "--data", str(_data(tmp, coco128_dir)), "--img", "128", "--epochs", "9",
+            "--batch-size", "32", "--workers", "0", "--device", "cpu", "--project", str(tmp / "runs"), "--noval",
+            "--noplots", "--noautoanchor", "--seed", "1", "--recipe", str(recipe)]
+    r = _train(args + ["--name", "full"])
+    return {"tmp": tmp, "args": args, "out": tmp / "runs/full", "log": r.stdout + r.stderr}
+
+
+@pytest.mark.slow
+def test_gmp_reaches_target_and_checkpoint_keeps_recipe(gmp_run: dict) -> None:
+    from utils.checkpoint import load_model
+    out, log = gmp_run["out"], gmp_run["log"]
+    rows = _rows(out / "results.csv")
+    assert [r["epoch"] for r in rows] == [0, 1, 2]  # recipe's 3 epochs override --epochs 9
+    sp = [r["sparsity/global"] for r in rows]
+    assert 0.15 < sp[0] < sp[1] < sp[2]  # gradual: init 0.2 of the pruned layers, rising
+    assert [r["x/phase"] for r in rows] == [1, 1, 2]  # pruning, pruning, pruned
+    assert all(r["x/lr1"] == pytest.approx(0.002) for r in rows)  # SetLearningRateModifier replaced the scheduler
+    assert "phase pruned, global sparsity" in log and "overrides --epochs" in log
+    model = load_model(out / "weights/last.pt")
+    layers = {n: p for n, p in model.named_parameters() if n.endswith("conv.weight") and not n.startswith("model.0.")}
+    assert all(float((p == 0).float().mean()) == pytest.approx(0.5, abs=0.01) for p in layers.values())
+    assert float((model.model[0].conv.weight == 0).float().mean()) < 0.01  # the stem was not listed
+    assert global_sparsity(model) == pytest.approx(sp[2], abs=1e-4)
+    ckpt = torch.load(out / "weights/last.pt", map_location="cpu", weights_only=True)
+    assert "GMPruningModifier" in ckpt["recipe"] and "final_sparsity: 0.5" in ckpt["recipe"]
+    assert (out / "weights/best_pruned.pt").is_file()
+    pruned = torch.load(out / "weights/best_pruned.pt", map_location="cpu", weights_only=True)
+    assert "optimizer" not in pruned and pruned["recipe"] == ckpt["recipe"]
+
+
+@pytest.mark.slow
+def test_resume_mid_pruning_equals_uninterrupted(gmp_run: dict) -> None:
+    tmp = gmp_run["tmp"]
+    script = tmp / "kill.py"
+    script.write_text(KILL_SCRIPT.format(root=str(ROOT), k=0))
+    killed = _train(gmp_run["args"] + ["--name", "cut"], script=script, check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    cut = tmp / "runs/cut"
+    _train(["--resume", str(cut / "weights/last.pt")])
+    full, resumed = _rows(gmp_run["out"] / "results.csv"), _rows(cut / "results.csv")
+    assert [r["sparsity/global"] for r in resumed] == [r["sparsity/global"] for r in full]
+    assert resumed == full
+    a = torch.load(gmp_run["out"] / "weights/last.pt", weights_only=True)["model"]
+    b = torch.load(cut / "weights/last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_broken_recipe_fails_before_training(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GMP.replace("final_sparsity: 0.5", "final_sparsity: 0.5\n    finall: 1"))
+    r = _train(["--weights", "", "--cfg", "yolov5n.yaml", "--data", "data/coco128-local.yaml", "--recipe", str(bad),
+                "--project", str(tmp_path / "runs")], check=False)
+    assert r.returncode == 1
+    assert f"recipe {bad}" in r.stderr and "GMPruningModifier" in r.stderr and "field 'finall'" in r.stderr
+    assert not (tmp_path / "runs").exists()  # nothing built, no run folder
+
+
+# ------------------------------------------------------------------------------------------ unit checks
+def test_transfer_recipe_on_dense_model_warns(monkeypatch) -> None:
+    from utils.sparsity import manager as mgr
+    said = []
+    monkeypatch.setattr(mgr.LOGGER, "warning", lambda msg, *a, **k: said.append(msg))
+    cb = SparsificationCallback(CONSTANT)
+    cb.start_sparsity = 0.001
+    cb._check_state(load_recipe(CONSTANT))
+    assert said and "ConstantPruningModifier" in said[0] and "0.1% sparse" in said[0] and "DENSE" in said[0]
+    said.clear()
+    cb.start_sparsity = 0.6  # a sparse start without any pruning modifier: the masks will not be kept
+    cb._check_state(load_recipe(GMP.split("  - !GMPruningModifier")[0]))
+    assert said and "60.0%" in said[0] and "NOT be kept" in said[0]
+
+
+def test_qat_twice_is_refused() -> None:
+    cb = SparsificationCallback(QAT)
+    cb.base_recipe = QAT
+    with pytest.raises(RecipeError, match="more than once"):
+        cb._check_state(load_recipe(QAT))
+
+
+def test_mask_keys_follow_qat_wrappers() -> None:
+    from models.yolo import DetectionModel
+    model = DetectionModel("models/yolov5n.yaml")
+    state = {"GMPruningModifier_0": {"model.2.cv1.conv.weight.sparsity_mask": 1, "other": 2}}
+    assert remap_mask_keys(state, model) == state  # names still fit: unchanged
+    apply_recipe_structure(model, QAT)  # wraps convs: model.2.cv1.conv.module.weight
+    names = {n for n, _ in model.named_parameters()}
+    fixed = remap_mask_keys(state, model)["GMPruningModifier_0"]
+    key = next(k for k in fixed if k.endswith("sparsity_mask"))
+    assert key[: -len(".sparsity_mask")] in names and fixed["other"] == 2
+
+
+QAT_RUN = GMP.replace("end_epoch: 2\n", "end_epoch: 1\n") + """  # prune in epoch 0, hold in 1, QAT in 2
+  - !QuantizationModifier
+    start_epoch: 2
+    submodules: [model]
+    custom_quantizable_module_types: ['SiLU']
+    exclude_module_types: ['SiLU']
+    quantize_conv_activations: False
+    freeze_bn_stats_epoch: 2.6
+"""
+
+
+@pytest.mark.slow
+def test_prune_then_qat_phases_and_checkpoints(tmp_path: Path, coco128_dir: Path, yolov5n_pt: Path) -> None:
+    from utils.checkpoint import load_model
+    recipe = tmp_path / "qat.yaml"
+    recipe.write_text(QAT_RUN)
+    r = _train(["--weights", str(yolov5n_pt), "--data", str(_data(tmp_path, coco128_dir)), "--img", "128",
+                "--batch-size", "32", "--workers", "0", "--device", "cpu", "--project", str(tmp_path / "runs"),
+                "--name", "q", "--noval", "--noplots", "--noautoanchor", "--recipe", str(recipe)])
+    out = tmp_path / "runs/q"
+    assert [row["x/phase"] for row in _rows(out / "results.csv")] == [1, 2, 3]  # pruning, pruned, QAT
+    assert "EMA and AMP off" in r.stdout + r.stderr
+    n_fq = lambda m: sum(type(x).__name__ == "FakeQuantize" for x in m.modules())  # noqa: E731
+    pruned, qat = load_model(out / "weights/best_pruned.pt"), load_model(out / "weights/best_pruned_quantized.pt")
+    assert n_fq(pruned) == 0 and n_fq(qat) > 100  # structure replayed from the stored recipe before the weights
+    assert global_sparsity(qat) == pytest.approx(global_sparsity(pruned), abs=1e-3)
+    assert global_sparsity(pruned) > 0.4
+    assert qat(torch.zeros(1, 3, 128, 128))[0].shape[0] == 1
