@@ -210,8 +210,8 @@ class DetectionModel(nn.Module):
 
     def fuse(self) -> "DetectionModel":
         """Fold every BatchNorm into its conv for faster inference and export."""
-        for m in self.modules():
-            if isinstance(m, (Conv,)) and hasattr(m, "bn"):
+        for m in self.modules():  # QAT-wrapped convs keep their BN: sparseml folds it at INT8 export
+            if isinstance(m, Conv) and hasattr(m, "bn") and type(m.conv) is nn.Conv2d and type(m.bn) is nn.BatchNorm2d:
                 m.conv = fuse_conv_and_bn(m.conv, m.bn)
                 delattr(m, "bn")
                 m.forward = m.forward_fuse

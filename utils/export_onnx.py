@@ -118,9 +118,12 @@ def export_onnx(model: nn.Module, file: str | Path, imgsz: int | tuple[int, int]
     _reset_grids(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about shape-dependent python ints are expected here
-        torch.onnx.export(_FirstOutput(model), x, str(file), opset_version=opset, do_constant_folding=True,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes=axes if dynamic else None, dynamo=False)
+        if is_qat(model):
+            _export_qat_int8(model, file, x, axes if dynamic else None)
+        else:
+            torch.onnx.export(_FirstOutput(model), x, str(file), opset_version=opset, do_constant_folding=True,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes=axes if dynamic else None, dynamo=False)
     proto = onnx.load(str(file))
     onnx.checker.check_model(proto)
     if simplify:
@@ -130,6 +133,23 @@ def export_onnx(model: nn.Module, file: str | Path, imgsz: int | tuple[int, int]
         proto.metadata_props.add(key=k, value=v)
     onnx.save(proto, str(file))
     return file
+
+
+def is_qat(model: nn.Module) -> bool:
+    """A model trained with a QuantizationModifier carries FakeQuantize modules."""
+    return any(type(m).__name__ == "FakeQuantize" for m in model.modules())
+
+
+def _export_qat_int8(model: nn.Module, file: Path, x: torch.Tensor, dynamic_axes: dict | None) -> None:
+    """QAT -> INT8 ONNX (ConvInteger), SparseML's converter: the form DeepSparse and ONNX Runtime both run as INT8."""
+    from utils.sparsity.compat import import_sparseml, onnx_export_kwargs
+
+    import_sparseml()  # applies the torch 2.13 QConfig shim first
+    from sparseml.pytorch.utils import ModuleExporter
+
+    ModuleExporter(model, output_dir=str(file.parent)).export_onnx(
+        x, name=file.name, convert_qat=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        dynamic_axes=dynamic_axes, **onnx_export_kwargs(for_sparseml=True))
 
 
 def simplify_onnx(proto):
