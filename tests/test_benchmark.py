@@ -205,6 +205,7 @@ def test_parse_opt_aliases():
 
 
 @pytest.mark.slow
+@pytest.mark.native_engines
 def test_deepsparse_openvino_sync_and_async(tmp_path):
     out = benchmark.run(cfg="models/yolov5n.yaml", engines=["deepsparse", "openvino"], imgsz=[64],
                         sparsity=[0.5], block=["1x4"], random=True, warmup=1, iterations=2,

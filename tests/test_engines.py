@@ -99,6 +99,7 @@ def test_static_batch_engine_chunks_and_pads(onnx_static, bus_batch, torch_pred)
     assert pred.shape[0] == 3 and all(close(p[None], torch_pred) for p in pred)
 
 
+@pytest.mark.native_engines
 def test_deepsparse_agrees_with_onnxruntime(onnx_dynamic, bus_batch, torch_pred):
     eng = load_engine(onnx_dynamic, engine="deepsparse", batch_size=2, imgsz=IMGSZ, num_threads=1)
     assert eng.imgsz == (IMGSZ, IMGSZ) and eng.fixed_batch == 2 and not eng.dynamic  # compiled static
@@ -108,6 +109,7 @@ def test_deepsparse_agrees_with_onnxruntime(onnx_dynamic, bus_batch, torch_pred)
     assert all(close(p[None], ort) for p in pred) and close(ort, torch_pred)
 
 
+@pytest.mark.native_engines
 def test_openvino_onnx_and_ir_agree_with_onnxruntime(onnx_static, bus_batch, tmp_path):
     ort = load_engine(onnx_static)(bus_batch)
     eng = load_engine(onnx_static, engine="openvino", num_threads=1)  # f32 by default, not this CPU's bf16
@@ -146,6 +148,7 @@ def test_engine_choice_from_suffix_and_wrong_file(onnx_static, tmp_path):
         load_engine(tmp_path / "missing.onnx")
 
 
+@pytest.mark.native_engines
 def test_quantized_uint8_input_model(assets):
     """Third-party SparseML INT8 export: uint8 input, no metadata, extra raw-head outputs."""
     f = assets / "reference_onnx" / "yolov5n_pistols1cls_qat_int8_416.onnx"

@@ -100,6 +100,7 @@ def test_parse_opt_aliases():
 
 
 @pytest.mark.slow
+@pytest.mark.native_engines
 def test_official_yolov5n_all_engines_agree_on_bus(yolov5n_pt, bus_jpg, tmp_path):
     weights = tmp_path / "yolov5n.pt"  # export writes next to the weights: never into the shared assets
     shutil.copy(yolov5n_pt, weights)
