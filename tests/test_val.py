@@ -41,7 +41,7 @@ def test_coco128_matches_ultralytics_and_pycocotools(tmp_path: Path, coco128_dir
         assert abs(m[key] - ref) <= 0.003, (key, m[key], ref)
     assert abs(m["coco_map"] - m["map"]) < 0.01 and abs(m["coco_map50"] - m["map50"]) < 0.01
     saved = json.loads((tmp_path / "v" / "metrics.json").read_text())
-    assert saved["sparsity"] == 0.0 and saved["engine"]["name"] == "torch"
+    assert saved["sparsity"] < 1e-5 and saved["engine"]["name"] == "torch"  # the official weights hold one exact zero
 
 
 def test_sparsity_sweep_outputs(tmp_path: Path, coco128_dir: Path, yolov5n_pt: Path) -> None:
