@@ -4,6 +4,7 @@ Usage:
     python export.py --weights yolov5n.pt --include onnx                 # -> yolov5n.onnx
     python export.py --weights yolov5n.pt --include onnx openvino         # + yolov5n_openvino_model/
     python export.py --weights best.pt --imgsz 320 --batch-size 1 --dynamic --opset 13
+    python export.py --weights yolov5n.pt --sparsity 0.5 --prune-method obc --data coco128.yaml  # -> yolov5n_obc50.onnx
 
 The ONNX file carries names/stride/imgsz/sparsity in its metadata, so val.py/detect.py need nothing else:
     python detect.py --weights yolov5n.onnx --engine deepsparse
@@ -20,6 +21,7 @@ if str(ROOT) not in sys.path:
 
 import utils  # noqa: E402,F401  (sets NM_DISABLE_ANALYTICS before any Neural Magic import)
 from utils.export_onnx import DEFAULT_OPSET, export_weights  # noqa: E402
+from utils.sparsity.pipeline import METHOD_CHOICES, export_step  # noqa: E402
 
 FORMATS = ("onnx", "openvino")
 
@@ -34,13 +36,20 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dynamic", action="store_true", help="dynamic batch/height/width axes")
     parser.add_argument("--simplify", action="store_true", help="run onnx-simplifier (only if onnxsim is installed)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
+    parser.add_argument("--sparsity", type=float, default=0.0, help="one-shot prune to this global sparsity first")
+    parser.add_argument("--prune-method", choices=METHOD_CHOICES, default="obc", help="one-shot method for --sparsity")
+    parser.add_argument("--data", type=str, default=None, help="dataset yaml whose train images calibrate obc/+recal")
+    parser.add_argument("--calib-images", type=int, default=128, help="calibration images for --sparsity")
+    parser.add_argument("--mask-type", choices=["unstructured", "block4"], default="unstructured",
+                        help="obc sparsity pattern (block4 = [1,4] VNNI blocks)")
     return parser.parse_args(argv)
 
 
 def run(weights: str = "yolov5n.pt", imgsz: list[int] | int = (640,), batch_size: int = 1, device: str = "cpu",
         include: list[str] | tuple[str, ...] = ("onnx",), dynamic: bool = False, simplify: bool = False,
-        opset: int = DEFAULT_OPSET) -> list[Path]:
-    """Export and return the written paths (ONNX file first)."""
+        opset: int = DEFAULT_OPSET, sparsity: float = 0.0, prune_method: str = "obc", data: str | None = None,
+        calib_images: int = 128, mask_type: str = "unstructured") -> list[Path]:
+    """Export and return the written paths (ONNX file first); --sparsity prunes one-shot before exporting."""
     include = tuple(f.lower() for f in include)
     unknown = [f for f in include if f not in FORMATS]
     if unknown:
@@ -49,7 +58,8 @@ def run(weights: str = "yolov5n.pt", imgsz: list[int] | int = (640,), batch_size
         raise SystemExit(f"export: weights file {weights} not found; pass --weights path/to/model.pt")
     sizes = [imgsz] if isinstance(imgsz, int) else list(imgsz)
     hw = (sizes[0], sizes[-1])
-    return export_weights(weights, include, hw, batch_size, dynamic, opset, simplify, device)["files"]
+    prune = export_step(sparsity, prune_method, data, max(hw), calib_images, mask_type) if sparsity else None
+    return export_weights(weights, include, hw, batch_size, dynamic, opset, simplify, device, prune=prune)["files"]
 
 
 def main(opt: argparse.Namespace) -> list[Path]:
@@ -57,4 +67,7 @@ def main(opt: argparse.Namespace) -> list[Path]:
 
 
 if __name__ == "__main__":
-    main(parse_opt())
+    from utils.cli import exit_on_user_error
+
+    with exit_on_user_error():
+        main(parse_opt())

@@ -4,6 +4,8 @@ Usage:
     python val.py --weights yolov5n.pt --data coco128.yaml --img 640
     python val.py --weights yolov5n.onnx --engine deepsparse --data coco128.yaml
     python val.py --weights yolov5n.pt --data coco128.yaml --sparsity 0,0.1,0.2,0.3,0.4,0.5 --prune-method global layerwise
+    python val.py --weights yolov5n.pt --data coco128.yaml --sparsity 0,0.3,0.5,0.7 --prune-method obc global+recal
+    python val.py --weights yolov5n.pt --data coco128.yaml --sensitivity --recipe-sparsity 0.5 0.75
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from utils.dataloaders import create_dataloader  # noqa: E402
 from utils.engines import load_engine  # noqa: E402
 from utils.evaluate import evaluate  # noqa: E402
 from utils.files import LOGGER, increment_path, setup_logging  # noqa: E402
+from utils.sparsity.pipeline import METHOD_CHOICES  # noqa: E402
 from utils.val_outputs import model_sparsity, save_metrics, save_predictions  # noqa: E402
 
 
@@ -42,19 +45,29 @@ def run(data: str = "data/coco128.yaml", weights: str = "yolov5n.pt", batch_size
         workers: int = 8, single_cls: bool = False, verbose: bool = False, save_txt: bool = False,
         save_conf: bool = False, save_json: bool = False, project: str = "runs/val", name: str = "exp",
         exist_ok: bool = False, engine: str | None = None, sparsity: list[float] | None = None,
-        prune_method: list[str] | None = None, calib_batches: int = 0, plots: bool = True) -> dict:
+        prune_method: list[str] | None = None, calib_batches: int = 0, plots: bool = True, calib_images: int = 128,
+        mask_type: str = "unstructured", sensitivity: bool = False, sensitivity_levels: list[float] | None = None,
+        sensitivity_images: int = 16, sensitivity_table: str | None = None,
+        recipe_sparsity: list[float] | None = None) -> dict | list:
     """Validate once (or once per sparsity level and method); returns the metrics dict written to metrics.json."""
     data_dict = check_dataset(data)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
     eng = load_engine(weights, engine, batch_size=batch_size, imgsz=imgsz, device=device)
     imgsz = eng.imgsz[0] if eng.imgsz else check_img_size(imgsz, s=eng.stride)
     names = data_dict["names"]
+    if sensitivity:
+        from utils.val_outputs import run_sensitivity
+
+        return run_sensitivity(eng, data_dict, imgsz, save_dir, sensitivity_levels, sensitivity_images,
+                               recipe_sparsity, mask_type)
     loader, dataset = _dataloader(data_dict, task, imgsz, batch_size, eng.stride, eng.dynamic, workers, single_cls)
     if sparsity:
         from utils.val_outputs import run_sweep
 
         return run_sweep(eng, loader, names, sparsity, prune_method or ["global"], calib_batches, save_dir,
-                         conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det, single_cls=single_cls)
+                         data=data_dict, imgsz=imgsz, calib_images=calib_images, mask_type=mask_type,
+                         sensitivity_table=sensitivity_table, conf_thres=conf_thres, iou_thres=iou_thres,
+                         max_det=max_det, single_cls=single_cls)
     LOGGER.info(model_sparsity(eng))
     keep = save_json or save_txt
     res = evaluate(eng.model if eng.name == "torch" else eng, loader, names, conf_thres, iou_thres, max_det,
@@ -97,10 +110,23 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    help="inference engine (default: by file suffix)")
     p.add_argument("--sparsity", type=_floats, default=None,
                    help="one-shot prune to each level and validate, e.g. 0,0.1,0.2,0.3,0.4,0.5 (.pt weights only)")
-    p.add_argument("--prune-method", nargs="+", choices=["global", "layerwise"], default=["global"],
-                   help="one-shot method(s) for --sparsity; layerwise = Ultralytics prune() baseline")
+    p.add_argument("--prune-method", nargs="+", choices=METHOD_CHOICES, default=["global"],
+                   help="one-shot method(s) for --sparsity: layerwise = Ultralytics prune() baseline, global = BN-folded "
+                        "magnitude, obc = OBS reconstruction + sensitivity allocation; +recal re-estimates BatchNorm")
     p.add_argument("--calib-batches", type=int, default=0,
-                   help="re-estimate BatchNorm statistics on this many val batches after pruning (0 = off)")
+                   help="re-estimate BatchNorm statistics on this many calibration batches after every method (0 = off)")
+    p.add_argument("--calib-images", type=int, default=128,
+                   help="unlabeled images from the data yaml's train split for obc and +recal")
+    p.add_argument("--mask-type", choices=["unstructured", "block4"], default="unstructured",
+                   help="obc sparsity pattern: block4 = [1,4] blocks of input channels (VNNI / DeepSparse INT8)")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="prune each layer alone to several levels; write sensitivity.csv/png (and recipes)")
+    p.add_argument("--sensitivity-levels", type=_floats, default=None, help="levels for --sensitivity, e.g. 0.5,0.7,0.9")
+    p.add_argument("--sensitivity-images", type=int, default=16, help="calibration images for --sensitivity")
+    p.add_argument("--sensitivity-table", type=str, default=None,
+                   help="sensitivity.csv from an earlier --sensitivity run for obc's allocation (else measured)")
+    p.add_argument("--recipe-sparsity", type=float, nargs="+", default=None,
+                   help="with --sensitivity: write a per-layer GMP recipe for each of these global sparsities")
     return p.parse_args(argv)
 
 

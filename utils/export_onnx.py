@@ -7,7 +7,7 @@ import gzip
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -302,16 +302,23 @@ def output_path(weights: Path, suffix: str = ".onnx", log=print) -> Path:
 
 def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), imgsz: int | tuple[int, int] = 640,
                    batch_size: int = 1, dynamic: bool = False, opset: int = DEFAULT_OPSET, simplify: bool = False,
-                   device: str = "cpu", verify: bool = True, log=print) -> dict[str, Any]:
-    """Checkpoint -> ONNX (+ OpenVINO) next to it, with metadata, a sparsity check, a numeric check and sizes."""
+                   device: str = "cpu", verify: bool = True, log=print,
+                   prune: Callable[[nn.Module], str] | None = None) -> dict[str, Any]:
+    """Checkpoint -> ONNX (+ OpenVINO) next to it, with metadata, a sparsity check, a numeric check and sizes.
+
+    prune: optional one-shot step on the loaded model (export.py --sparsity); it returns a tag for the file name
+    (yolov5n_obc50.onnx) so a pruned export never overwrites the dense one.
+    """
     from utils.checkpoint import load_model
 
     weights, hw = Path(weights), as_hw(imgsz)
     model = load_model(str(weights), device=device, fuse=False)
+    tag = prune(model) if prune is not None else ""
     sparsity = model_sparsity(model)
     meta = export_metadata(model, hw, batch_size, dynamic, sparsity, _checkpoint_recipe(model))
     prepared = prepare_model(model)
-    onnx_file = export_onnx(prepared, output_path(weights, log=log), hw, batch_size, dynamic, opset, meta, simplify)
+    target = weights.with_name(f"{weights.stem}{tag}{weights.suffix}")
+    onnx_file = export_onnx(prepared, output_path(target, log=log), hw, batch_size, dynamic, opset, meta, simplify)
     result: dict[str, Any] = {"files": [onnx_file], "sparsity": sparsity, "metadata": meta}
     shape = "dynamic" if dynamic else f"static {batch_size}x3x{hw[0]}x{hw[1]}"
     log(f"export: wrote {onnx_file} (opset {opset}, {shape})")
