@@ -19,6 +19,7 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
 from utils.augmentations import check_img_size  # noqa: E402
+from utils.checkpoint import resolve_weights  # noqa: E402
 from utils.cli import exit_on_user_error  # noqa: E402
 from utils.data_config import check_dataset  # noqa: E402
 from utils.dataloaders import create_dataloader  # noqa: E402
@@ -48,11 +49,11 @@ def run(data: str = "data/coco128.yaml", weights: str = "yolov5n.pt", batch_size
         prune_method: list[str] | None = None, calib_batches: int = 0, plots: bool = True, calib_images: int = 128,
         mask_type: str = "unstructured", sensitivity: bool = False, sensitivity_levels: list[float] | None = None,
         sensitivity_images: int = 16, sensitivity_table: str | None = None,
-        recipe_sparsity: list[float] | None = None) -> dict | list:
+        recipe_sparsity: list[float] | None = None, rect: bool | None = None) -> dict | list:
     """Validate once (or once per sparsity level and method); returns the metrics dict written to metrics.json."""
     data_dict = check_dataset(data)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
-    eng = load_engine(weights, engine, batch_size=batch_size, imgsz=imgsz, device=device)
+    eng = load_engine(resolve_weights(weights, engine), engine, batch_size=batch_size, imgsz=imgsz, device=device)
     imgsz = eng.imgsz[0] if eng.imgsz else check_img_size(imgsz, s=eng.stride)
     names = data_dict["names"]
     if sensitivity:
@@ -60,7 +61,8 @@ def run(data: str = "data/coco128.yaml", weights: str = "yolov5n.pt", batch_size
 
         return run_sensitivity(eng, data_dict, imgsz, save_dir, sensitivity_levels, sensitivity_images,
                                recipe_sparsity, mask_type)
-    loader, dataset = _dataloader(data_dict, task, imgsz, batch_size, eng.stride, eng.dynamic, workers, single_cls)
+    rect = eng.dynamic if rect is None else rect and eng.dynamic
+    loader, dataset = _dataloader(data_dict, task, imgsz, batch_size, eng.stride, rect, workers, single_cls)
     if sparsity:
         from utils.val_outputs import run_sweep
 
@@ -127,6 +129,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    help="sensitivity.csv from an earlier --sensitivity run for obc's allocation (else measured)")
     p.add_argument("--recipe-sparsity", type=float, nargs="+", default=None,
                    help="with --sensitivity: write a per-layer GMP recipe for each of these global sparsities")
+    p.add_argument("--rect", action=argparse.BooleanOptionalAction, default=None,
+                   help="rectangular batches (default: on for .pt and dynamic-shape models); --no-rect letterboxes "
+                        "every image to the square imgsz, as a static ONNX model sees it, to compare engines fairly")
     return p.parse_args(argv)
 
 

@@ -58,6 +58,8 @@ def test_export_pruned_checkpoint(pruned_ckpt, bus_jpg, capsys):
     out = capsys.readouterr().out
     assert "max abs diff" in out and "gzip -9 MB" in out and str(onnx_file) in out
     assert result["verify"]["max_abs_scores"] < 1e-4 and result["verify"]["max_abs_xywh"] < 1e-2
+    assert result["verify"]["max_rel"] < 1e-3 and "detections at conf 0.25" in out
+    assert result["verify"]["dets_matched"] == result["verify"]["dets_torch"]
 
     meta = read_onnx_metadata(onnx_file)
     assert meta["stride"] == "32" and meta["imgsz"] == "[160, 160]" and meta["names"].startswith("{0: 'c0'")
@@ -129,3 +131,17 @@ def test_read_only_weights_folder_is_left_alone(tmp_path, yolov5n_pt, monkeypatc
     res = export_weights(yolov5n_pt, imgsz=64, verify=False, log=lambda *_: None)
     assert sorted(p.name for p in yolov5n_pt.parent.iterdir()) == before
     assert res["files"][0].resolve().is_relative_to(tmp_path / "runs" / "export")
+
+
+def test_match_detections_counts_same_class_overlaps():
+    from utils.export_onnx import match_detections
+
+    a = np.zeros((1, 3, 7), np.float32)
+    a[0, :, :4] = [[50, 50, 20, 20], [150, 150, 30, 30], [300, 300, 40, 40]]
+    a[0, :, 4] = 0.9
+    a[0, :, 5] = 1.0  # class 0
+    b = a.copy()
+    b[0, 0, :2] += 1.0  # moved one pixel: still a match
+    b[0, 2, 5:] = [0.0, 1.0]  # class changed: not a match
+    m = match_detections(a, b)
+    assert (m["dets_torch"], m["dets_onnx"], m["dets_matched"]) == (3, 3, 2) and abs(m["max_box_px"] - 1) < 1e-5

@@ -237,8 +237,39 @@ def verify_onnx(model: nn.Module, onnx_file: Path, batch: np.ndarray) -> dict[st
     a = load_engine(model, engine="torch")(batch)
     b = load_engine(onnx_file, engine="onnxruntime")(batch)
     diff = np.abs(a - b)
+    max_pred = float(np.abs(a).max())
     return {"max_abs": float(diff.max()), "max_abs_xywh": float(diff[..., :4].max()),
-            "max_abs_scores": float(diff[..., 4:].max()), "max_pred": float(np.abs(a).max())}
+            "max_abs_scores": float(diff[..., 4:].max()), "max_pred": max_pred,
+            "max_rel": float(diff.max()) / max(max_pred, 1e-9), **match_detections(a, b)}
+
+
+def match_detections(a: np.ndarray, b: np.ndarray, conf: float = 0.25, iou: float = 0.45) -> dict[str, float]:
+    """INT8 outputs differ numerically; what must agree is the detections after NMS (same class, IoU >= 0.5)."""
+    from utils.boxes import box_iou
+    from utils.nms import non_max_suppression
+
+    da, db = (non_max_suppression(torch.from_numpy(np.ascontiguousarray(p)).float(), conf, iou) for p in (a, b))
+    n_a = sum(len(d) for d in da)
+    n_b = sum(len(d) for d in db)
+    matched, px = 0, 0.0
+    for x, y in zip(da, db):
+        if not len(x) or not len(y):
+            continue
+        ious = box_iou(x[:, :4], y[:, :4]) * (x[:, 5:6] == y[:, 5].unsqueeze(0))
+        best, j = ious.max(1)
+        ok = best >= 0.5
+        matched += int(ok.sum())
+        if ok.any():
+            px = max(px, float((x[ok, :4] - y[j[ok], :4]).abs().max()))
+    return {"dets_torch": n_a, "dets_onnx": n_b, "dets_matched": matched, "max_box_px": px}
+
+
+def verify_line(v: dict[str, float], source: str) -> str:
+    """One line a user can judge: relative error for float files, matching detections for every file."""
+    return (f"export: ONNX Runtime vs PyTorch on {source}: max abs diff {v['max_abs']:.3g} "
+            f"({v['max_rel']:.2e} relative; boxes {v['max_abs_xywh']:.3g} px, scores {v['max_abs_scores']:.3g}); "
+            f"detections at conf 0.25: {v['dets_matched']}/{v['dets_torch']} matched by ONNX "
+            f"({v['dets_onnx']} found; same class, IoU >= 0.5, max box diff {v['max_box_px']:.2g} px)")
 
 
 def load_image_batch(path: Path, imgsz: tuple[int, int]) -> np.ndarray:
@@ -329,9 +360,7 @@ def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), im
         batch, source = verification_image(hw)
         # against the unfused model, so BN folding is checked too
         result["verify"] = verify_onnx(model, onnx_file, np.repeat(batch, batch_size, 0))
-        v = result["verify"]
-        log(f"export: ONNX Runtime vs PyTorch on {source}: max abs diff {v['max_abs']:.3g} "
-            f"(boxes {v['max_abs_xywh']:.3g} px, scores {v['max_abs_scores']:.3g})")
+        log(verify_line(result["verify"], source))
     if "openvino" in include:
         ov_dir = export_openvino(onnx_file, meta)
         result["files"].append(ov_dir)

@@ -12,9 +12,9 @@ from .variants import Variant, calibrate_bn, file_variant, find_int8_exporter, i
 ENGINES = ("deepsparse", "onnxruntime", "torch", "openvino")
 SCENARIOS = ("sync", "async")
 DEFAULT_WEIGHTS = "weights/yolov5n.pt"
-NO_INT8 = ("INT8 rows skipped: no INT8 exporter is available yet (the QAT/recipes work provides one through "
-           "utils.benchmark.variants.register_int8_exporter or utils.quantization.export_int8_onnx); to time an "
-           "existing INT8 model pass its .onnx with --weights")
+NO_INT8 = ("INT8 rows skipped: no INT8 exporter could be imported (utils.sparsity.ptq needs sparseml; "
+           "see utils.benchmark.variants.register_int8_exporter); to time an existing INT8 model pass its .onnx "
+           "with --weights")
 
 
 def validate(engines: list[str], batch_sizes: list[int], sparsity: list[float] | None, scenarios: list[str],

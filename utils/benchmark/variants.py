@@ -22,8 +22,8 @@ from .blocks import prune_blocks
 
 # Int8Exporter(model, file, imgsz, batch_size) -> path of an INT8 ONNX file that DeepSparse/ORT/OpenVINO can run.
 Int8Exporter = Callable[[nn.Module, Path, tuple[int, int], int], Path]
-# The QAT/recipes issue plugs its exporter in here (or calls register_int8_exporter) - "module:function".
-INT8_ENTRY_POINT = "utils.quantization:export_int8_onnx"
+# Post-training INT8 by default; another exporter can be plugged in with register_int8_exporter.
+INT8_ENTRY_POINT = "utils.sparsity.ptq:export_int8_onnx"
 _INT8_EXPORTERS: list[Int8Exporter] = []
 FILE_DENSE_BELOW = 0.10
 QUANT_OPS = {"ConvInteger", "QLinearConv", "MatMulInteger", "QLinearMatMul", "QuantizeLinear", "DequantizeLinear"}

@@ -1,0 +1,58 @@
+"""Post-training INT8: the benchmark's INT8 twins and a quick INT8 file without a QAT run."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from utils.checkpoint import load_model
+from utils.sparsity.oneshot import prune_oneshot
+from utils.sparsity.ptq import calibration_batches, export_int8_onnx, quantize_ptq
+
+
+@pytest.fixture(scope="module")
+def yolov5n(yolov5n_pt):
+    return load_model(str(yolov5n_pt))
+
+
+def test_calibration_batches_are_letterboxed_real_images(bus_jpg):
+    import cv2
+
+    im = cv2.imread(str(bus_jpg))
+    (b,) = calibration_batches((96, 128), [im, im], batch_size=4)
+    assert b.shape == (2, 3, 96, 128) and 0 <= b.min() and b.max() <= 1 and b.std() > 0.1
+
+
+def test_ptq_keeps_bn_statistics_and_zeros(yolov5n):
+    m = prune_oneshot(load_model_copy(yolov5n), 0.5)
+    before = {k: v.clone() for k, v in m.state_dict().items() if "running_mean" in k}
+    q = quantize_ptq(m, [torch.rand(1, 3, 64, 64)])
+    assert any(type(x).__name__ == "FakeQuantize" for x in q.modules())
+    after = {k: v for k, v in q.state_dict().items() if "running_mean" in k}
+    assert len(after) >= 1 and all(torch.equal(before[k], after[k]) for k in before if k in after)
+
+
+def load_model_copy(model):
+    import copy
+
+    return copy.deepcopy(model)
+
+
+@pytest.mark.slow
+def test_int8_onnx_runs_in_onnxruntime_and_matches_fp32_detections(yolov5n, bus_jpg, tmp_path):
+    import cv2
+    import onnxruntime as ort
+
+    im = cv2.imread(str(bus_jpg))
+    f = export_int8_onnx(yolov5n, tmp_path / "int8.onnx", (320, 320), 1, images=[im])
+    assert "ConvInteger" in {n.op_type for n in onnx.load(str(f)).graph.node}
+    x = calibration_batches((320, 320), [im])[0].numpy()
+    y = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0][0]
+    with torch.no_grad():
+        yolov5n.eval()
+        ref = yolov5n(torch.from_numpy(x))[0][0].numpy()
+    top = ref[:, 4].argsort()[-5:]  # the most confident anchors: INT8 must agree on them
+    assert np.abs(y[top, :2] - ref[top, :2]).max() < 4  # centres within a few pixels at 320
+    assert (np.abs(y[top, 2:4] - ref[top, 2:4]) / ref[top, 2:4]).max() < 0.1  # sizes within 10%
+    assert np.abs(y[top, 4] - ref[top, 4]).max() < 0.15

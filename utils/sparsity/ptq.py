@@ -1,0 +1,75 @@
+"""Post-training INT8: SparseML's QAT structure + observer calibration, exported as INT8 ConvInteger ONNX.
+
+Why: benchmark.py --quantize needs INT8 twins of one-shot variants without a QAT run, and export.py --int8 gives
+users a quick INT8 file to try. Quantization-aware training (a recipe's QuantizationModifier) recovers more accuracy.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .manager import apply_recipe_structure
+
+# Same scheme as recipes/*.pruned_quantized.yaml, so PTQ and QAT files have one INT8 layout (ConvInteger).
+PTQ_RECIPE = """
+modifiers:
+  - !QuantizationModifier
+    start_epoch: 0.0
+    submodules: [model]
+    custom_quantizable_module_types: ['SiLU']
+    exclude_module_types: ['SiLU']
+    quantize_conv_activations: False
+"""
+
+
+def calibration_batches(imgsz: tuple[int, int], images: Iterable[np.ndarray] | None = None,
+                        batch_size: int = 4) -> list[torch.Tensor]:
+    """Letterboxed float batches from BGR images (default: the shared sample images, else uniform noise)."""
+    from utils.augmentations import letterbox
+
+    if images is None:
+        images = _sample_images()
+    tensors = [torch.from_numpy(letterbox(im, imgsz, auto=False)[0][:, :, ::-1].transpose(2, 0, 1).copy())
+               for im in images]
+    if not tensors:
+        return [torch.rand(batch_size, 3, *imgsz)]
+    stacked = torch.stack(tensors).float() / 255
+    return list(stacked.split(batch_size))
+
+
+def _sample_images() -> list[np.ndarray]:
+    import cv2
+
+    from utils.assets import assets_dir
+
+    files = sorted((assets_dir() / "images").glob("*.jpg"))
+    return [im for im in (cv2.imread(str(f)) for f in files) if im is not None]
+
+
+def quantize_ptq(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
+    """A QAT-structured copy whose observers saw `batches`; BN statistics are left untouched (eval forwards)."""
+    q = copy.deepcopy(model).float()
+    apply_recipe_structure(q, PTQ_RECIPE, epoch=0.0)  # leaves q in train mode (QAT fusion needs it)
+    q.eval()  # observers still record in eval mode; BatchNorm no longer updates
+    with torch.no_grad():
+        for x in batches:
+            q(x)
+    for m in q.modules():
+        if hasattr(m, "disable_observer"):
+            m.disable_observer()
+    return q
+
+
+def export_int8_onnx(model: nn.Module, file: Path, imgsz: tuple[int, int], batch_size: int,
+                     images: Iterable[np.ndarray] | None = None) -> Path:
+    """benchmark.py's INT8 exporter: PTQ-calibrate a copy of `model` and write its INT8 ONNX to `file`."""
+    from utils.export_onnx import export_metadata, export_onnx, model_sparsity, prepare_model
+
+    q = quantize_ptq(model, calibration_batches(tuple(imgsz), images))
+    meta = export_metadata(q, tuple(imgsz), batch_size, False, model_sparsity(model))
+    return export_onnx(prepare_model(q), file, imgsz, batch_size, dynamic=False, metadata=meta)
