@@ -17,6 +17,7 @@ if str(ROOT) not in sys.path:
 
 from utils.assets import assets_dir  # noqa: E402
 from utils.augmentations import check_img_size  # noqa: E402
+from utils.checkpoint import resolve_weights  # noqa: E402
 from utils.cli import exit_on_user_error  # noqa: E402
 from utils.dataloaders import LoadImages  # noqa: E402
 from utils.detect_output import DetectionWriter, summary  # noqa: E402
@@ -35,7 +36,7 @@ def run(weights: str = "yolov5n.pt", source: str | None = None, imgsz: int | lis
     source = source or str(assets_dir() / "images")
     imgsz = [imgsz, imgsz] if isinstance(imgsz, int) else (imgsz * 2 if len(imgsz) == 1 else imgsz)
     imgsz = check_img_size(list(imgsz), s=32)  # YOLOv5 P5 models; re-checked against the engine's own stride below
-    eng = load_engine(weights, engine, batch_size=1, imgsz=tuple(imgsz), device=device)
+    eng = load_engine(resolve_weights(weights, engine), engine, batch_size=1, imgsz=tuple(imgsz), device=device)
     imgsz = check_img_size(list(eng.imgsz or imgsz), s=eng.stride)
     predictor = Predictor(eng, tuple(imgsz), conf_thres, iou_thres, classes, agnostic_nms, max_det)
     eng.warmup()  # first call pays for allocation; keep it out of the reported times

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -164,11 +165,31 @@ def test_transfer_recipe_on_dense_model_warns(monkeypatch) -> None:
     assert said and "60.0%" in said[0] and "NOT be kept" in said[0]
 
 
+def test_no_recipe_on_sparse_checkpoint_warns(monkeypatch) -> None:
+    """For train.py without --recipe (wired by the lead): a sparse start is named, a dense one is not."""
+    from types import SimpleNamespace
+
+    from models.yolo import DetectionModel
+    from utils.sparsity import manager as mgr
+    from utils.sparsity.oneshot import prune_oneshot
+    said = []
+    monkeypatch.setattr(mgr.LOGGER, "warning", lambda msg, *a, **k: said.append(msg))
+    model = DetectionModel("models/yolov5n.yaml")
+    trainer = SimpleNamespace(model=model, opt=SimpleNamespace(weights="best_pruned.pt"))
+    mgr.SparseStartWarning().on_train_start(trainer)
+    assert not said
+    prune_oneshot(model, 0.3, "layerwise")
+    mgr.SparseStartWarning().on_train_start(trainer)
+    assert said and "best_pruned.pt is 30.0% sparse" in said[0] and "NOT be kept" in said[0]
+
+
 def test_qat_twice_is_refused() -> None:
     cb = SparsificationCallback(QAT)
     cb.base_recipe = QAT
-    with pytest.raises(RecipeError, match="more than once"):
-        cb._check_state(load_recipe(QAT))
+    with pytest.raises(RecipeError, match="recipe <recipe text>: QuantizationModifier.*more than once"):
+        cb._refuse_qat_twice()
+    cb.base_recipe = CONSTANT  # a pruned, not quantized, checkpoint: QAT is welcome
+    cb._refuse_qat_twice()
 
 
 def test_mask_keys_follow_qat_wrappers() -> None:
@@ -183,7 +204,31 @@ def test_mask_keys_follow_qat_wrappers() -> None:
     assert key[: -len(".sparsity_mask")] in names and fixed["other"] == 2
 
 
-QAT_RUN = GMP.replace("end_epoch: 2\n", "end_epoch: 1\n") + """  # prune in epoch 0, hold in 1, QAT in 2
+def test_replay_holds_qat_actions_the_checkpoint_had_not_reached() -> None:
+    """Replaying at the resume epoch must not freeze BN early; saved flags pair up even though QAT changed ids."""
+    from models.yolo import DetectionModel
+    from utils.sparsity.compat import import_sparseml
+    from utils.sparsity.manager import held_qat_actions, saved_schedule, schedule_state
+    recipe = QAT.replace("start_epoch: 0", "start_epoch: 0\n    freeze_bn_stats_epoch: 0.5")
+    frozen = lambda m: [x.freeze_bn for x in m.modules() if hasattr(x, "freeze_bn")]  # noqa: E731
+    first, model = import_sparseml().from_yaml(recipe), DetectionModel("models/yolov5n.yaml").train()
+    first.apply_structure(model, epoch=0.25)  # QAT on, BN not yet frozen: what a checkpoint at 0.25 holds
+    saved = schedule_state(first)
+    assert list(saved.values()) == [{"_qat_enabled": True, "_bn_stats_frozen": False,
+                                     "_quantization_observer_disabled": False}]
+    again, model = import_sparseml().from_yaml(recipe), DetectionModel("models/yolov5n.yaml").train()
+    assert next(iter(saved)) not in {m.identifier() for m in again.iter_modifiers()}
+    assert saved_schedule(again, saved)[0][1]["_qat_enabled"] is True  # paired by type and order
+    with held_qat_actions(again, saved):
+        again.apply_structure(model, epoch=0.9999)  # the resume replay point, past freeze_bn_stats_epoch
+    assert frozen(model) and not any(frozen(model))
+    assert next(again.iter_modifiers())._bn_stats_frozen is False  # the next update freezes on schedule
+    again2, model2 = import_sparseml().from_yaml(recipe), DetectionModel("models/yolov5n.yaml").train()
+    again2.apply_structure(model2, epoch=0.9999)
+    assert all(frozen(model2))  # without the hold it would have frozen now
+
+
+QAT_RUN = GMP.replace("num_epochs: 3\n", "num_epochs: 4\n").replace("end_epoch: 2\n", "end_epoch: 1\n") + """
   - !QuantizationModifier
     start_epoch: 2
     submodules: [model]
@@ -191,23 +236,95 @@ QAT_RUN = GMP.replace("end_epoch: 2\n", "end_epoch: 1\n") + """  # prune in epoc
     exclude_module_types: ['SiLU']
     quantize_conv_activations: False
     freeze_bn_stats_epoch: 2.6
-"""
+    disable_quantization_observer_epoch: 3.2
+"""  # prune in epoch 0, hold in 1, QAT in 2-3: BN frozen at the step of 3.5 (first update >= 2.6), observers off too
+
+
+def _short_args(tmp: Path, coco128_dir: Path, weights: Path, recipe: str, name: str) -> list[str]:
+    """One-epoch runs on 8 images at 64 px: enough to reach on_train_start and log what the recipe meets."""
+    (tmp / f"{name}.yaml").write_text(recipe)
+    sub = tmp / name
+    sub.mkdir()
+    return ["--weights", str(weights), "--data", str(_data(sub, coco128_dir, 8)), "--img", "64", "--epochs", "1",
+            "--batch-size", "8", "--workers", "0", "--device", "cpu", "--project", str(tmp / "runs"), "--name", name,
+            "--noval", "--noplots", "--noautoanchor", "--recipe", str(tmp / f"{name}.yaml")]
+
+
+@pytest.fixture(scope="module")
+def qat_run(tmp_path_factory, coco128_dir: Path, yolov5n_pt: Path) -> dict:
+    """One uninterrupted 4-epoch prune-then-QAT run; the QAT resume test compares against it."""
+    tmp = tmp_path_factory.mktemp("qat")
+    recipe = tmp / "qat.yaml"
+    recipe.write_text(QAT_RUN)
+    args = ["--weights", str(yolov5n_pt), "--data", str(_data(tmp, coco128_dir)), "--img", "128",
+            "--batch-size", "32", "--workers", "0", "--device", "cpu", "--project", str(tmp / "runs"), "--noval",
+            "--noplots", "--noautoanchor", "--seed", "1", "--recipe", str(recipe)]
+    r = _train(args + ["--name", "q"])
+    return {"tmp": tmp, "args": args, "out": tmp / "runs/q", "log": r.stdout + r.stderr}
 
 
 @pytest.mark.slow
-def test_prune_then_qat_phases_and_checkpoints(tmp_path: Path, coco128_dir: Path, yolov5n_pt: Path) -> None:
+def test_prune_then_qat_phases_and_checkpoints(qat_run: dict) -> None:
     from utils.checkpoint import load_model
-    recipe = tmp_path / "qat.yaml"
-    recipe.write_text(QAT_RUN)
-    r = _train(["--weights", str(yolov5n_pt), "--data", str(_data(tmp_path, coco128_dir)), "--img", "128",
-                "--batch-size", "32", "--workers", "0", "--device", "cpu", "--project", str(tmp_path / "runs"),
-                "--name", "q", "--noval", "--noplots", "--noautoanchor", "--recipe", str(recipe)])
-    out = tmp_path / "runs/q"
-    assert [row["x/phase"] for row in _rows(out / "results.csv")] == [1, 2, 3]  # pruning, pruned, QAT
-    assert "EMA and AMP off" in r.stdout + r.stderr
+    out, log = qat_run["out"], qat_run["log"]
+    rows = _rows(out / "results.csv")
+    assert [row["x/phase"] for row in rows] == [1, 2, 3, 3]  # pruning, pruned, QAT, QAT
+    assert all(k in rows[0] for k in ("sparsity/global", "x/lr0", "x/lr1", "x/lr2"))
+    assert "EMA and AMP off" in log
+    assert re.search(r"phase QAT, global sparsity 0[.]\d{4}, lr [\d.e-]+, [\d.e-]+, [\d.e-]+", log)  # console columns
     n_fq = lambda m: sum(type(x).__name__ == "FakeQuantize" for x in m.modules())  # noqa: E731
     pruned, qat = load_model(out / "weights/best_pruned.pt"), load_model(out / "weights/best_pruned_quantized.pt")
     assert n_fq(pruned) == 0 and n_fq(qat) > 100  # structure replayed from the stored recipe before the weights
     assert global_sparsity(qat) == pytest.approx(global_sparsity(pruned), abs=1e-3)
     assert global_sparsity(pruned) > 0.4
     assert qat(torch.zeros(1, 3, 128, 128))[0].shape[0] == 1
+    for name in ("best_pruned.pt", "best_pruned_quantized.pt"):  # per-phase bests are stripped like best.pt
+        assert "optimizer" not in torch.load(out / "weights" / name, map_location="cpu", weights_only=True)
+
+
+@pytest.mark.slow
+def test_resume_mid_qat_equals_uninterrupted(qat_run: dict) -> None:
+    """Killed after epoch 2 (QAT on, BN not yet frozen): resuming must not freeze BN or stop observers early."""
+    tmp = qat_run["tmp"]
+    script = tmp / "kill.py"
+    script.write_text(KILL_SCRIPT.format(root=str(ROOT), k=2))
+    killed = _train(qat_run["args"] + ["--name", "cut"], script=script, check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    cut = tmp / "runs/cut"
+    assert [r["x/phase"] for r in _rows(cut / "results.csv")] == [1, 2, 3]
+    _train(["--resume", str(cut / "weights/last.pt")])
+    assert _rows(cut / "results.csv") == _rows(qat_run["out"] / "results.csv")
+    a = torch.load(qat_run["out"] / "weights/last.pt", weights_only=True)["model"]
+    b = torch.load(cut / "weights/last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_qat_twice_fails_with_clear_message(qat_run: dict, coco128_dir: Path, tmp_path: Path) -> None:
+    quantized = qat_run["out"] / "weights/best_pruned_quantized.pt"
+    r = _train(_short_args(tmp_path, coco128_dir, quantized, QAT_RUN, "twice"), check=False)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    err = r.stderr.strip().splitlines()[-1]
+    assert err.startswith(f"ERROR: recipe {tmp_path / 'twice.yaml'}: QuantizationModifier") and "more than once" in err
+    assert not (tmp_path / "runs/twice/weights/last.pt").exists()  # refused before any epoch
+
+
+@pytest.mark.slow
+def test_transfer_recipe_on_dense_checkpoint_warns(coco128_dir: Path, yolov5n_pt: Path, tmp_path: Path) -> None:
+    transfer = "num_epochs: 1\n" + CONSTANT
+    r = _train(_short_args(tmp_path, coco128_dir, yolov5n_pt, transfer, "dense"))
+    log = r.stdout + r.stderr
+    assert "holds sparsity with ConstantPruningModifier" in log and "the starting weights are only 0.0% sparse" in log
+    assert "model will stay DENSE" in log and "!" * 100 in log  # loud: framed by a line of !
+
+
+@pytest.mark.slow
+def test_sparse_checkpoint_without_pruning_modifier_warns(gmp_run: dict, coco128_dir: Path, tmp_path: Path) -> None:
+    from utils.checkpoint import load_model
+    pruned = gmp_run["out"] / "weights/best_pruned.pt"
+    start = global_sparsity(load_model(pruned))
+    lr_only = GMP.split("  - !GMPruningModifier")[0].replace("num_epochs: 3", "num_epochs: 1")
+    r = _train(_short_args(tmp_path, coco128_dir, pruned, lr_only, "nomask"))
+    log = r.stdout + r.stderr
+    assert f"has no pruning modifier: the {start:.1%} sparsity of the starting weights will NOT be kept" in log
+    assert "ConstantPruningModifier" in log  # the warning says how to keep them

@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 from collections.abc import Iterator
 
 USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError)
+# Filesystem refusals the user fixes (permissions, read-only mounts, full disks), not bugs worth a traceback
+STORAGE_ERRNOS = {errno.EACCES: "choose a folder you can write to (e.g. --project) or fix its permissions",
+                  errno.EPERM: "choose a folder you can write to (e.g. --project) or fix its permissions",
+                  errno.EROFS: "the filesystem is read-only; choose a writable folder (e.g. --project)",
+                  errno.ENOSPC: "free disk space or choose a folder on another disk (e.g. --project)",
+                  errno.EDQUOT: "your disk quota is used up; free space or choose another folder (e.g. --project)"}
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -19,13 +26,24 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+def user_error_message(e: BaseException) -> str | None:
+    """The one line to print for a user error, or None when `e` is a bug that deserves its traceback."""
+    if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+        where = e.filename if e.filename is not None else "a file"
+        return f"{where}: {e.strerror or e}; {STORAGE_ERRNOS[e.errno]}"
+    if isinstance(e, _user_error_types()):
+        return str(e)
+    return None
+
+
 @contextlib.contextmanager
-def exit_on_user_error() -> Iterator[None]:
-    """Wrap a script's main(): known user errors print 'ERROR: ...' and exit 2; set YOLOV5_DEBUG=1 for tracebacks."""
+def exit_on_user_error(code: int = 2) -> Iterator[None]:
+    """Wrap a script's main(): known user errors print 'ERROR: ...' and exit `code`; YOLOV5_DEBUG=1 shows tracebacks."""
     try:
         yield
-    except _user_error_types() as e:
-        if os.environ.get("YOLOV5_DEBUG"):
+    except Exception as e:
+        msg = user_error_message(e)
+        if msg is None or os.environ.get("YOLOV5_DEBUG"):
             raise
-        print(f"ERROR: {e}", file=sys.stderr)
-        sys.exit(2)
+        print(f"ERROR: {msg}", file=sys.stderr)
+        sys.exit(code)

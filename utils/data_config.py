@@ -56,6 +56,8 @@ def _load_config(data: str | Path | dict) -> tuple[Path | None, dict]:
         raise DatasetError(f"{data}: dataset yaml not found; pass a path to an existing .yaml file")
     try:
         cfg = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{file}: not a text file (byte {e.start} is not UTF-8); pass a dataset .yaml") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
@@ -99,6 +101,9 @@ def _parse_names(cfg: dict, where: str) -> list[str]:
         names = [names[i] for i in range(len(names))]
     if not isinstance(names, list) or not names:
         raise DatasetError(f"{where}: key 'names' must be a non-empty list or {{id: name}} dict")
+    blank = [i for i, n in enumerate(names) if n is None or not str(n).strip()]
+    if blank:  # a stray '-' or 'null' would silently become a class called 'None'
+        raise DatasetError(f"{where}: key 'names' entry {blank[0]} is empty; give every class a name")
     names = [str(n) for n in names]
     if nc is not None and nc != len(names):
         raise DatasetError(f"{where}: key 'nc' is {nc} but 'names' has {len(names)} entries; make them agree")
@@ -114,7 +119,7 @@ def _resolve_root(path: str | Path | None, yaml_file: Path | None) -> Path:
         from utils.assets import assets_dir
 
         path = str(path).replace("$YOLOV5_SPARSE_ASSETS", str(assets_dir()))
-    p = Path(os.path.expandvars(str(path))) if path else Path(".")
+    p = Path(os.path.expanduser(os.path.expandvars(str(path)))) if path else Path(".")
     if p.is_absolute():
         return p
     base = yaml_file.parent if yaml_file else Path.cwd()

@@ -340,10 +340,12 @@ def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), im
     prune: optional one-shot step on the loaded model (export.py --sparsity); it returns a tag for the file name
     (yolov5n_obc50.onnx) so a pruned export never overwrites the dense one.
     """
+    from utils.augmentations import check_img_size
     from utils.checkpoint import load_model
 
-    weights, hw = Path(weights), as_hw(imgsz)
+    weights = Path(weights)
     model = load_model(str(weights), device=device, fuse=False)
+    hw = tuple(check_img_size(list(as_hw(imgsz)), s=int(model.stride.max())))  # round up and warn
     tag = prune(model) if prune is not None else ""
     sparsity = model_sparsity(model)
     meta = export_metadata(model, hw, batch_size, dynamic, sparsity, _checkpoint_recipe(model))

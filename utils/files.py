@@ -29,4 +29,8 @@ def setup_logging(verbose: bool = True) -> logging.Logger:
         LOGGER.addHandler(handler)
         LOGGER.propagate = False
     LOGGER.setLevel(logging.INFO if verbose else logging.WARNING)
+    lib = logging.getLogger("utils")  # library modules log under utils.*: their INFO lines (scan counts) belong here
+    if not lib.handlers and not logging.getLogger().handlers:  # nobody else prints them (train.py configures root)
+        lib.addHandler(LOGGER.handlers[0])
+    lib.setLevel(LOGGER.level)
     return LOGGER

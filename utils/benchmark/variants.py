@@ -173,6 +173,9 @@ def file_variant(path: Path, opset: int) -> Variant:
 
         return model_variant(load_model(str(path)), group, "unstructured", opset, str(path))
     if path.suffix == ".onnx":
+        from utils.engines import check_onnx_file
+
+        check_onnx_file(path)  # one clear line for a file that is not ONNX, before onnx.load fails on it
         # INT8 weights land on the zero point by rounding (~7% in a dense QAT yolov5n): call < 10% dense
         s, prec = onnx_conv_sparsity(path)["sparsity"], onnx_precision(path)
         dense = s < FILE_DENSE_BELOW

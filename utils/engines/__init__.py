@@ -29,7 +29,7 @@ ALIASES = {"pytorch": "torch", "pt": "torch", "ort": "onnxruntime", "onnx": "onn
 FILE_KINDS = {"torch": ("checkpoint", (".pt", ".pth")), "onnxruntime": ("ONNX", (".onnx",)),
               "deepsparse": ("ONNX", (".onnx",)), "openvino": ("ONNX or OpenVINO IR", (".onnx", ".xml", "/"))}
 
-__all__ = ["ENGINES", "Engine", "EngineUnavailable", "engine_name", "load_engine"]
+__all__ = ["ENGINES", "Engine", "EngineUnavailable", "check_onnx_file", "engine_name", "load_engine"]
 
 
 def engine_name(weights: str | Path | nn.Module, engine: str | None = None) -> str:
@@ -62,6 +62,8 @@ def _check_file(weights: str | Path | nn.Module, name: str) -> None:
     if not p.exists():
         raise FileNotFoundError(f"{p}: weights not found")
     kind, suffixes = FILE_KINDS[name]
+    if p.suffix == ".onnx" and name != "torch":
+        check_onnx_file(p)
     if p.suffix in suffixes or (p.is_dir() and "/" in suffixes):
         return
     if name == "torch":
@@ -69,6 +71,17 @@ def _check_file(weights: str | Path | nn.Module, name: str) -> None:
     include = "openvino" if name == "openvino" else "onnx"
     raise ValueError(f"{p}: engine {name!r} needs a {kind} file; export one with "
                      f"`python export.py --weights {p} --include {include}`")
+
+
+def check_onnx_file(path: str | Path) -> None:
+    """Each backend reports a file that is not ONNX differently (protobuf errors, bare RuntimeErrors); say it once."""
+    import onnx
+
+    try:
+        onnx.load(str(path), load_external_data=False)  # parse only: backends accept more than onnx.checker
+    except Exception as e:
+        raise ValueError(f"{path}: not a valid ONNX model ({type(e).__name__}: {str(e).strip()[:120]}); "
+                         f"re-export it with `python export.py --weights model.pt`") from None
 
 
 def load_engine(weights: str | Path | nn.Module, engine: str | None = None, batch_size: int = 1,

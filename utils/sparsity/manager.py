@@ -6,8 +6,10 @@ trainer.epoch and the batch index, so gradient accumulation and --resume reprodu
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +19,7 @@ from torch import nn
 from utils.callbacks import Callback
 from utils.sparsity.compat import import_sparseml
 from utils.sparsity.measure import global_sparsity, prunable_parameters
-from utils.sparsity.recipes import Recipe, RecipeError, load_recipe
+from utils.sparsity.recipes import Recipe, RecipeError, load_recipe, recipe_source
 from utils.torch_utils import LOGGER
 
 if TYPE_CHECKING:
@@ -86,19 +88,20 @@ def remap_mask_keys(state: dict, model: nn.Module) -> dict:
 
 
 SCHEDULE_ATTRS = ("_started", "_ended", "_last_update_epoch", "_applied_sparsity")
+# QuantizationModifier's one-way actions: QAT on, BN statistics frozen, observers off
+QAT_ATTRS = ("_qat_enabled", "_bn_stats_frozen", "_quantization_observer_disabled")
 
 
 def schedule_state(manager: Any) -> dict:
-    """Per-modifier schedule flags SparseML keeps out of its state_dict (started/ended/last update, masks on).
+    """Per-modifier schedule flags SparseML keeps out of its state_dict (started/ended/last update, masks on, QAT).
 
     Without them a resumed pruning modifier only re-enables its masks (and their gradient hooks) at its next
     update, so the first resumed backward passes clip unmasked gradients and the run drifts from an uninterrupted one.
     """
     out = {}
     for m in manager.iter_modifiers():
-        if _type(m) in QAT_MODIFIERS:  # QAT state is rebuilt by apply_structure at the resume epoch
-            continue
-        d = {a: getattr(m, a) for a in SCHEDULE_ATTRS if isinstance(getattr(m, a, None), (bool, int, float))}
+        attrs = QAT_ATTRS if _type(m) in QAT_MODIFIERS else SCHEDULE_ATTRS
+        d = {a: getattr(m, a) for a in attrs if isinstance(getattr(m, a, None), (bool, int, float))}
         masks = getattr(m, "_module_masks", None)
         if masks is not None:
             d["masks_enabled"] = bool(masks.enabled)
@@ -106,16 +109,53 @@ def schedule_state(manager: Any) -> dict:
     return out
 
 
+def saved_schedule(manager: Any, state: dict | None) -> list[tuple[Any, dict]]:
+    """(modifier, its schedule_state entry) pairs: by identifier, else by type and order.
+
+    A QuantizationModifier's identifier hashes its properties, which QAT changes: before structure replay it no
+    longer equals the identifier saved after QAT started, so order among modifiers of one type decides then.
+    """
+    state = state or {}
+    out, seen = [], {}
+    for m in manager.iter_modifiers():
+        k = seen[_type(m)] = seen.get(_type(m), -1) + 1
+        same_type = [v for key, v in state.items() if str(key).rsplit("-", 1)[0] == _type(m)]
+        entry = state.get(m.identifier()) or (same_type[k] if k < len(same_type) else {})
+        out.append((m, dict(entry)))
+    return out
+
+
 def load_schedule_state(manager: Any, state: dict) -> None:
     """Put back what schedule_state() saved, after manager.initialize and manager.load_state_dict."""
-    for m in manager.iter_modifiers():
-        d = dict(state.get(m.identifier()) or {})
+    for m, d in saved_schedule(manager, state):
         enabled = d.pop("masks_enabled", None)
         for a, v in d.items():
             setattr(m, a, v)
         masks = getattr(m, "_module_masks", None)
         if masks is not None and enabled is not None:
             masks.enabled = enabled  # registers the gradient-masking hooks again
+
+
+@contextlib.contextmanager
+def held_qat_actions(manager: Any, state: dict | None) -> Iterator[None]:
+    """While replaying a recipe at a resume epoch, block the QAT actions the checkpoint had not reached yet.
+
+    Structure replay and manager.initialize run at the start of the resumed epoch, but the interrupted run would
+    only have enabled QAT, frozen BN statistics or stopped observers at its next optimizer step: doing it earlier
+    changes the first resumed forward passes. SparseML skips an action whose flag is already True, so the flags
+    saved False are held True meanwhile, then set back so the next update acts on schedule.
+    """
+    held = []
+    for m, saved in saved_schedule(manager, state) if state else []:
+        for a in QAT_ATTRS if _type(m) in QAT_MODIFIERS else ():
+            if saved.get(a) is False and getattr(m, a, None) is False:
+                setattr(m, a, True)
+                held.append((m, a))
+    try:
+        yield
+    finally:
+        for m, a in held:
+            setattr(m, a, False)
 
 
 def _plain_state(obj: Any) -> Any:
@@ -168,9 +208,11 @@ class SparsificationCallback(Callback):
             self._load(trainer.model, self.saved["recipe"], json.loads(self.saved.get("args") or "{}"))
             if self.base_recipe:  # the previous stage's structure (e.g. QAT from a quantized checkpoint)
                 apply_recipe_structure(trainer.model, self.base_recipe, math.inf)
-            self.rec.manager.apply_structure(trainer.model, epoch=float(ckpt.get("epoch", -1)) + ALMOST_ONE)
+            with held_qat_actions(self.rec.manager, self.saved.get("schedule")):
+                self.rec.manager.apply_structure(trainer.model, epoch=float(ckpt.get("epoch", -1)) + ALMOST_ONE)
             return
         self.base_recipe = ckpt.get("recipe")
+        self._refuse_qat_twice()  # now: after the replay below the layer names no longer match the recipe
         if self.base_recipe:
             epoch = ckpt.get("recipe_epoch")
             self.base_epochs = float(epoch) if epoch not in (None, math.inf) else self._max_epochs(self.base_recipe)
@@ -203,18 +245,23 @@ class SparsificationCallback(Callback):
             LOGGER.info(f"recipe {rec.name}: LR managed by the recipe (default scheduler and warm-up disabled)")
             trainer.scheduler, trainer.nw = None, -1
         start = float(trainer.start_epoch)
-        rec.manager.initialize(model, epoch=start)
+        with held_qat_actions(rec.manager, self.saved.get("schedule") if trainer.resume else None):
+            rec.manager.initialize(model, epoch=start)
         if trainer.resume and self.saved.get("manager"):
             rec.manager.load_state_dict(remap_mask_keys(self.saved["manager"], model))
             load_schedule_state(rec.manager, self.saved.get("schedule") or {})
         LOGGER.info(_summary(rec, self.start_sparsity))
 
-    def _check_state(self, rec: Recipe) -> None:
-        """Refuse QAT twice; warn when a transfer recipe meets a dense model or a sparse one meets no pruning."""
-        if recipe_has_qat(self.base_recipe) and rec.has(*QAT_MODIFIERS):
-            raise RecipeError(f"recipe {rec.name}: QuantizationModifier, but the starting checkpoint is already "
+    def _refuse_qat_twice(self) -> None:
+        """A QuantizationModifier on a checkpoint that is already QAT: SparseML would wrap the wrappers."""
+        name, text = recipe_source(self.recipe_src)
+        if recipe_has_qat(self.base_recipe) and recipe_has_qat(text):
+            raise RecipeError(f"recipe {name}: QuantizationModifier, but the starting checkpoint is already "
                               f"quantized (QAT); quantization can not be applied more than once. Start from the "
                               f"pre-QAT checkpoint (e.g. a stub with ?recipe_type=transfer_learn) or drop the modifier.")
+
+    def _check_state(self, rec: Recipe) -> None:
+        """Warn when a transfer recipe meets a dense model or a sparse one meets no pruning."""
         sp = self.start_sparsity
         if rec.has(*CONSTANT_PRUNING) and not rec.has(*GRADUAL_PRUNING) and sp < SPARSE_AT:
             LOGGER.warning(f"\n{'!' * 100}\nWARNING ⚠️ recipe {rec.name} holds sparsity with ConstantPruningModifier "
@@ -315,6 +362,20 @@ class SparsificationCallback(Callback):
         for name in self.phase_best:
             if (trainer.wdir / name).exists():
                 strip_training_state(trainer.wdir / name)
+
+
+class SparseStartWarning(Callback):
+    """Training without --recipe from a sparse checkpoint: say loudly that its zeros will fill in again."""
+
+    name = "sparse_start_warning"
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
+        sp = global_sparsity(model)
+        if sp >= SPARSE_AT:
+            LOGGER.warning(f"WARNING ⚠️ {trainer.opt.weights} is {sp:.1%} sparse but no --recipe is given: the "
+                           f"sparsity will NOT be kept. Fine-tune with --recipe "
+                           f"recipes/yolov5.transfer_learn_pruned.yaml (ConstantPruningModifier) to keep it.")
 
 
 def _summary(rec: Recipe, sparsity: float) -> str:
