@@ -1,19 +1,33 @@
-"""The offline demo behind `make demo`: synthetic data -> train -> val -> one-shot sparsity sweep -> export -> detect.
+"""The offline demo behind `make demo`: synthetic data -> dense training -> pruning recipe -> mAP against sparsity.
 
 Usage:
     python demo.py                       # everything on embedded defaults, no network, no downloads
-    python demo.py --epochs 5 --imgsz 160 --out runs/demo
+    python demo.py --epochs 6 --prune-epochs 4 --sparsity 0.7 --oneshot 0.3 0.5 0.7 --imgsz 128 --out runs/demo
 
-Every step is one of the project's own scripts called through its run() function, so the demo is also a smoke
-test of the user-facing commands. A summary table is printed at the end and written to <out>/summary.json.
+Steps: generate a synthetic shapes dataset (datasets/shapes), fine-tune the official yolov5n.pt on it (dense),
+prune it to --sparsity with the GMP recipe recipes/demo.pruned.yaml while fine-tuning, compare with one-shot pruning
+(no fine-tuning) at a few levels, export the pruned model to ONNX and run detect.py with ONNX Runtime.
+Every step is one of the project's own scripts called through its run() function, so the demo is also a smoke test
+of the user-facing commands. The summary table is printed and written to <out>/summary.csv and summary.json.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import time
-from pathlib import Path
+import os
+
+# libgomp's default busy-waiting makes each PyTorch thread spin while its partner is descheduled: on a CPU shared
+# with other jobs a training batch then took ~10x the CPU time and wall time (measured). Passive threads sleep between
+# parallel regions instead; on an idle machine that only adds a wake-up per region.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import csv  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
@@ -23,6 +37,10 @@ from utils.assets import asset  # noqa: E402
 from utils.cli import exit_on_user_error  # noqa: E402
 from utils.files import LOGGER, increment_path, setup_logging  # noqa: E402
 
+HYP = ROOT / "data" / "hyps" / "hyp.demo.yaml"
+RECIPE = ROOT / "recipes" / "demo.pruned.yaml"
+SUMMARY_FIELDS = ("stage", "epochs", "sparsity", "map50", "map", "seconds", "weights")
+
 
 def banner(step: str) -> float:
     """Mark a step in the log; returns its start time."""
@@ -30,28 +48,45 @@ def banner(step: str) -> float:
     return time.perf_counter()
 
 
-def make_dataset(out: Path, imgsz: int, n_train: int, n_val: int) -> Path:
-    """Synthetic shapes on textured backgrounds: a detection task yolov5n learns in minutes on a CPU."""
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (dataloader workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def make_dataset(root: Path, imgsz: int, n_train: int, n_val: int) -> Path:
+    """Synthetic shapes on textured backgrounds (4 classes, 1-5 objects per image); returns the data yaml."""
     from utils import synthetic
 
-    return synthetic.run(out=out / "shapes", n_train=n_train, n_val=n_val, imgsz=imgsz, seed=0)
+    return synthetic.run(out=root, n_train=n_train, n_val=n_val, imgsz=imgsz, seed=0)
 
 
-def train_dense(data: Path, out: Path, imgsz: int, epochs: int) -> Path:
-    """Fine-tune the official yolov5n.pt (COCO) on the synthetic set; returns best.pt."""
+def measured_sparsity(weights: Path) -> float:
+    """Global sparsity of the prunable weights as saved, so the table shows what the file holds."""
+    from utils.checkpoint import load_model
+    from utils.sparsity.measure import global_sparsity
+
+    return global_sparsity(load_model(str(weights)))
+
+
+def train_stage(data: Path, weights: Path, out: Path, name: str, imgsz: int, epochs: int, batch_size: int,
+                **kw) -> tuple[Path, dict]:
+    """train.py through run(); per-epoch validation is off (--noval), the final epoch and best.pt are validated."""
     import train
 
-    train.run(data=str(data), weights=str(asset("weights/yolov5n.pt")), imgsz=imgsz, epochs=epochs, batch_size=16,
-              workers=2, seed=0, project=str(out), name="train", exist_ok=True, noplots=True)
-    return out / "train" / "weights" / "best.pt"
+    res = train.run(data=str(data), weights=str(weights), hyp=str(HYP), imgsz=imgsz, epochs=epochs,
+                    batch_size=batch_size, workers=2, seed=0, noval=True, noplots=True, project=str(out), name=name,
+                    exist_ok=True, **kw)
+    return out / name / "weights" / "best.pt", res
 
 
-def validate(data: Path, weights: Path, out: Path, imgsz: int, **kw) -> dict:
-    """val.py on the synthetic val split."""
+def oneshot(data: Path, weights: Path, out: Path, imgsz: int, levels: list[float]) -> list[dict]:
+    """val.py --sparsity: one-shot global magnitude pruning of the dense model, no fine-tuning."""
     import val
 
-    return val.run(data=str(data), weights=str(weights), imgsz=imgsz, batch_size=16, workers=2,
-                   project=str(out), exist_ok=True, **kw)
+    rows = val.run(data=str(data), weights=str(weights), imgsz=imgsz, batch_size=32, workers=2, project=str(out),
+                   name="oneshot", exist_ok=True, sparsity=levels, prune_method=["global"], plots=False)
+    return rows["global"]
 
 
 def export_and_detect(weights: Path, data: Path, out: Path, imgsz: int) -> dict:
@@ -69,57 +104,103 @@ def export_and_detect(weights: Path, data: Path, out: Path, imgsz: int) -> dict:
     return {"onnx": str(onnx_file), "onnx_sparsity": res["onnx_sparsity"], "detect_dir": str(save_dir)}
 
 
-def run(out: str = "runs/demo", imgsz: int = 160, epochs: int = 15, n_train: int = 300, n_val: int = 60,
-        sparsity: tuple[float, ...] = (0.0, 0.3, 0.5, 0.7)) -> dict:
-    """The whole job; returns (and saves) a summary of what each step produced."""
+def row(stage: str, epochs: int, weights: Path, sparsity: float, m: dict, seconds: float) -> dict:
+    """One line of the summary table; epochs = training epochs this model got on the shapes set."""
+    return {"stage": stage, "epochs": epochs, "sparsity": round(float(sparsity), 4),
+            "map50": round(float(m["map50"]), 4), "map": round(float(m["map"]), 4), "seconds": round(seconds, 1),
+            "weights": str(weights)}
+
+
+@contextlib.contextmanager
+def timed(s: dict, key: str, title: str) -> Iterator[None]:
+    """Banner for a step, and its wall time in s['seconds'][key] for the summary."""
+    t = banner(title)
+    yield
+    s["seconds"][key] = round(time.perf_counter() - t, 1)
+
+
+def totals(t0: float, cpu0: float, load0: tuple[float, float, float]) -> dict:
+    """Wall and CPU time of the whole run with the load average around it: timings on a shared CPU need both."""
+    return {"wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(cpu_seconds() - cpu0, 1),
+            "load_start": [round(x, 2) for x in load0], "load_end": [round(x, 2) for x in os.getloadavg()]}
+
+
+def run(out: str = "runs/demo", dataset: str = "datasets/shapes", imgsz: int = 128, epochs: int = 6,
+        prune_epochs: int = 4, sparsity: float = 0.7, n_train: int = 1500, n_val: int = 100, batch_size: int = 16,
+        oneshot_levels: tuple[float, ...] | list[float] = (0.3, 0.5, 0.7), export: bool = True) -> dict:
+    """The whole job; returns (and saves) the summary: one row per model, plus timings and load."""
     out = increment_path(Path(out), mkdir=True)
-    times, summary = {}, {"out": str(out)}
-    t = banner("1/5 synthetic dataset")
-    data = make_dataset(out, imgsz, n_train, n_val)
-    times["dataset"] = time.perf_counter() - t
-    t = banner("2/5 train yolov5n (dense)")
-    best = train_dense(data, out, imgsz, epochs)
-    times["train"] = time.perf_counter() - t
-    t = banner("3/5 validate best.pt")
-    m = validate(data, best, out, imgsz, name="val")
-    summary["dense"] = {k: round(m[k], 4) for k in ("precision", "recall", "map50", "map")}
-    times["val"] = time.perf_counter() - t
-    t = banner("4/5 mAP against one-shot global sparsity")
-    rows = validate(data, best, out, imgsz, name="sparsity", sparsity=list(sparsity), prune_method=["global"])
-    summary["sweep"] = [{k: round(r[k], 4) for k in ("target", "sparsity", "map50", "map")} for r in rows["global"]]
-    times["sweep"] = time.perf_counter() - t
-    t = banner("5/5 export to ONNX and detect with ONNX Runtime")
-    summary["export"] = export_and_detect(best, data, out, imgsz)
-    times["export_detect"] = time.perf_counter() - t
-    summary["seconds"] = {k: round(v, 1) for k, v in times.items()}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print_summary(summary)
-    return summary
+    t0, cpu0, load0 = time.perf_counter(), cpu_seconds(), os.getloadavg()
+    s: dict = {"out": str(out), "rows": [], "seconds": {}}
+    with timed(s, "dataset", "1/5 synthetic dataset"):
+        data = make_dataset(Path(dataset), imgsz, n_train, n_val)
+    with timed(s, "dense", "2/5 fine-tune yolov5n.pt (dense)"):
+        dense, m = train_stage(data, asset("weights/yolov5n.pt"), out, "train", imgsz, epochs, batch_size)
+    s["rows"].append(row("dense yolov5n", epochs, dense, measured_sparsity(dense), m, s["seconds"]["dense"]))
+    if oneshot_levels:
+        with timed(s, "oneshot", "3/5 one-shot global magnitude pruning of the dense model (no fine-tuning)"):
+            sweep = oneshot(data, dense, out, imgsz, list(oneshot_levels))
+        each = s["seconds"]["oneshot"] / len(sweep)
+        s["rows"] += [row(f"one-shot {r['target']:.0%}", epochs, dense, r["sparsity"], r, each) for r in sweep]
+    with timed(s, "prune", f"4/5 pruning recipe {RECIPE.name}: GMP to {sparsity:.0%} while fine-tuning"):
+        args = json.dumps({"num_epochs": prune_epochs, "final_sparsity": sparsity})
+        pruned, m = train_stage(data, dense, out, "prune", imgsz, prune_epochs, batch_size, recipe=str(RECIPE),
+                                recipe_args=args)
+    s["rows"].append(row(f"GMP {sparsity:.0%} + fine-tune", epochs + prune_epochs, pruned,
+                         measured_sparsity(pruned), m, s["seconds"]["prune"]))
+    if export:
+        with timed(s, "export_detect", "5/5 export the pruned model to ONNX and detect with ONNX Runtime"):
+            s["export"] = export_and_detect(pruned, data, out, imgsz)
+    s["total"] = totals(t0, cpu0, load0)
+    save_summary(s, out)
+    print_summary(s)
+    return s
+
+
+def save_summary(s: dict, out: Path) -> None:
+    """summary.json (everything) and summary.csv (the table)."""
+    (out / "summary.json").write_text(json.dumps(s, indent=2))
+    with open(out / "summary.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS)
+        w.writeheader()
+        w.writerows(s["rows"])
 
 
 def print_summary(s: dict) -> None:
-    """The demo's last words: what was trained, how good it is, what sparsity costs, where files are."""
-    d = s["dense"]
-    LOGGER.info(f"\n{'=' * 20} demo summary {'=' * 20}")
-    LOGGER.info(f"dense yolov5n on synthetic shapes: P {d['precision']:.3f} R {d['recall']:.3f} "
-                f"mAP50 {d['map50']:.3f} mAP50-95 {d['map']:.3f}")
-    LOGGER.info("one-shot global pruning (no fine-tuning):  target  sparsity  mAP50  mAP50-95")
-    for r in s["sweep"]:
-        LOGGER.info(f"{'':42}{r['target']:6.2f}  {r['sparsity']:8.3f}  {r['map50']:5.3f}  {r['map']:8.3f}")
-    LOGGER.info(f"ONNX: {s['export']['onnx']}  detections: {s['export']['detect_dir']}")
-    LOGGER.info(f"time per step (s): {s['seconds']}  (total {sum(s['seconds'].values()):.0f} s)")
-    LOGGER.info(f"everything is in {s['out']}")
+    """The demo's last words: how good each model is against its measured sparsity, what it cost, where files are."""
+    LOGGER.info(f"\n{'=' * 20} demo summary: yolov5n on synthetic shapes (val split) {'=' * 20}")
+    LOGGER.info(f"{'stage':<24}{'epochs':>7}{'sparsity':>10}{'mAP50':>9}{'mAP50-95':>10}{'time (s)':>10}")
+    for r in s["rows"]:
+        LOGGER.info(f"{r['stage']:<24}{r['epochs']:>7}{r['sparsity']:>10.3f}{r['map50']:>9.3f}{r['map']:>10.3f}"
+                    f"{r['seconds']:>10.1f}")
+    if "export" in s:
+        LOGGER.info(f"ONNX (sparsity {s['export']['onnx_sparsity']:.3f}): {s['export']['onnx']}  "
+                    f"detections: {s['export']['detect_dir']}")
+    t = s["total"]
+    LOGGER.info(f"time per step (s): {s['seconds']}")
+    LOGGER.info(f"total {t['wall_s'] / 60:.1f} min wall, {t['cpu_s'] / 60:.1f} min CPU "
+                f"(load average {t['load_start'][0]:.1f} at start, {t['load_end'][0]:.1f} at end)")
+    LOGGER.info(f"everything is in {s['out']} (summary.csv, summary.json)")
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="output folder (incremented: runs/demo2, ...)")
-    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=160, help="train/val image size")
-    p.add_argument("--epochs", type=int, default=15, help="dense training epochs")
-    p.add_argument("--n-train", type=int, default=300, help="synthetic training images")
-    p.add_argument("--n-val", type=int, default=60, help="synthetic validation images")
-    p.add_argument("--sparsity", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7], help="one-shot sweep levels")
-    return p.parse_args(argv)
+    p.add_argument("--dataset", default="datasets/shapes", help="where the synthetic dataset is (re)generated")
+    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=128, help="dataset, train and val image size")
+    p.add_argument("--epochs", type=int, default=6, help="dense fine-tuning epochs")
+    p.add_argument("--prune-epochs", type=int, default=4, help="epochs of the pruning recipe (2/3 pruning, 1/3 tune)")
+    p.add_argument("--sparsity", type=float, default=0.7, help="global sparsity the recipe prunes to")
+    p.add_argument("--n-train", type=int, default=1500, help="synthetic training images")
+    p.add_argument("--n-val", type=int, default=100, help="synthetic validation images")
+    p.add_argument("--batch-size", type=int, default=16, help="training batch size")
+    p.add_argument("--oneshot", dest="oneshot_levels", type=float, nargs="*", default=[0.3, 0.5, 0.7],
+                   help="one-shot global sparsity levels to compare with (no values: skip)")
+    p.add_argument("--no-export", dest="export", action="store_false", help="skip ONNX export and detect")
+    opt = p.parse_args(argv)
+    if not 0 < opt.sparsity < 1 or opt.epochs < 1 or opt.prune_epochs < 2:
+        p.error("need 0 < --sparsity < 1, --epochs >= 1 and --prune-epochs >= 2")
+    return opt
 
 
 def main(opt: argparse.Namespace) -> dict:
