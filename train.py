@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
 from utils.callbacks import Callback  # noqa: E402
-from utils.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from utils.checkpoint import CheckpointError, load_checkpoint, resolve_weights  # noqa: E402
 from utils.data_config import DatasetError  # noqa: E402
 from utils.train_utils import increment_path, latest_run  # noqa: E402
 from utils.sparsity.recipes import RecipeError  # noqa: E402
@@ -109,6 +109,7 @@ def new_run_options(opt: argparse.Namespace) -> argparse.Namespace:
     """Check the model source and resolve paths; save_dir counts up runs/train/exp, exp2, ..."""
     if not opt.cfg and not opt.weights:
         raise TrainConfigError("either --cfg or --weights must be given (e.g. --weights yolov5n.pt)")
+    opt.weights = resolve_weights(opt.weights)  # zoo: stub -> mirror/SparseZoo checkpoint
     opt.data, opt.hyp, opt.cfg, opt.weights = (_resolve(str(x)) for x in (opt.data, opt.hyp, opt.cfg, opt.weights))
     if opt.weights and not Path(opt.weights).is_file():
         raise TrainConfigError(f"--weights {opt.weights}: file not found; download an official release checkpoint "
@@ -138,7 +139,9 @@ def init_distributed(opt: argparse.Namespace) -> None:
 def sparsification_callbacks(opt: argparse.Namespace) -> list[Callback]:
     """--recipe: check it now (before data and model are built), then run it through the trainer's hooks."""
     if not getattr(opt, "recipe", None):
-        return []
+        from utils.sparsity.manager import SparseStartWarning
+
+        return [SparseStartWarning()]  # a sparse checkpoint without a recipe: its zeros fill in, so say so
     from utils.sparsity.manager import SparsificationCallback
     from utils.sparsity.recipes import load_recipe
     if "\n" not in str(opt.recipe) and not str(opt.recipe).startswith("zoo:"):
@@ -169,8 +172,7 @@ def run(**kwargs) -> dict:
 
 
 if __name__ == "__main__":
-    try:
+    from utils.cli import exit_on_user_error
+
+    with exit_on_user_error(code=1):  # also: read-only --project, full disk -> one line, not a traceback
         main(parse_opt())
-    except (TrainConfigError, CheckpointError, DatasetError, RecipeError) as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        sys.exit(1)

@@ -157,8 +157,6 @@ def test_real_read_only_folder(tmp_path: Path) -> None:
         assert torch.load(path, weights_only=True)["epoch"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="train.py catches only its own error types, so the OSError from creating "
-                                       "the run folder is a traceback; fix (utils.cli.exit_on_user_error) in report")
 def test_train_into_read_only_project_is_one_line(tmp_path: Path, coco128_dir: Path, yolov5n_pt: Path) -> None:
     project = tmp_path / "ro"
     with contextlib.ExitStack() as stack:
