@@ -20,6 +20,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import utils  # noqa: E402,F401  (sets NM_DISABLE_ANALYTICS before any Neural Magic import)
+from utils.checkpoint import resolve_weights  # noqa: E402
 from utils.export_onnx import DEFAULT_OPSET, export_weights  # noqa: E402
 from utils.sparsity.pipeline import METHOD_CHOICES, export_step  # noqa: E402
 
@@ -50,6 +51,7 @@ def run(weights: str = "yolov5n.pt", imgsz: list[int] | int = (640,), batch_size
         opset: int = DEFAULT_OPSET, sparsity: float = 0.0, prune_method: str = "obc", data: str | None = None,
         calib_images: int = 128, mask_type: str = "unstructured") -> list[Path]:
     """Export and return the written paths (ONNX file first); --sparsity prunes one-shot before exporting."""
+    weights = resolve_weights(weights)  # zoo: stub -> mirror/SparseZoo checkpoint
     include = tuple(f.lower() for f in include)
     unknown = [f for f in include if f not in FORMATS]
     if unknown:
