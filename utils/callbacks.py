@@ -106,7 +106,7 @@ class CallbackList(Callback):
             getattr(cb, hook)(trainer, *args)
 
     def state_dict(self) -> dict:
-        return {cb.key: cb.state_dict() for cb in self.callbacks}
+        return {cb.key: s for cb in self.callbacks if (s := cb.state_dict())}  # stateless ones stay out
 
     def load_state_dict(self, state: dict) -> None:
         for cb in self.callbacks:
