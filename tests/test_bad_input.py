@@ -3,7 +3,6 @@
 Row- and file-level cases are unit-tested in test_labels/test_checkpoint/test_recipes/test_dataloaders/test_zoo; here
 the same files go through train/val/detect/export/benchmark the way a user runs them. Error cases run the script's
 `__main__` block in this process (runpy, so imports are paid once); cases whose output is logging run as subprocesses.
-Cases marked xfail(strict=True) fail today and need a fix in a file this test does not own (see the reason).
 """
 from __future__ import annotations
 
@@ -338,8 +337,6 @@ def test_detect_names_an_unreadable_image_in_a_folder(yolov5n_pt, bus_jpg, tmp_p
     assert code == 2 and str(src / "b_broken.jpg") in line
 
 
-@pytest.mark.xfail(strict=True, reason="utils/dataloaders.py writes --cache disk .npy files in place, so a kill "
-                                       "mid-write leaves a truncated .npy that breaks every later run; fix in report")
 def test_truncated_disk_cache_is_rebuilt(tmp_path: Path, coco128_dir: Path) -> None:
     from utils.dataloaders import LoadImagesAndLabels
     src = sorted((coco128_dir / "images/train2017").glob("*.jpg"))[:2]

@@ -271,9 +271,54 @@ def test_dataloader_workers_are_seeded(coco128):
     for _ in range(2):
         loader, ds = create_dataloader(path, 128, 4, 32, hyp=hyp, augment=True, workers=2, shuffle=True, seed=3)
         batches.append(next(iter(loader)))
-    assert loader.num_workers == min(os.cpu_count(), 2) and not loader.persistent_workers
+    assert loader.num_workers == min(os.cpu_count(), 2) and loader.persistent_workers
     (im1, lb1, p1, _), (im2, lb2, p2, _) = batches
     assert p1 == p2 and torch.equal(im1, im2) and torch.equal(lb1, lb2)
+
+
+def first_two_epochs(path: str, workers: int) -> list:
+    """Every batch of two epochs of a small augmented, shuffled loader (mixup on: two random sources)."""
+    loader, _ = create_dataloader(path, 96, 4, 32, hyp={"mixup": 0.5}, augment=True, workers=workers,
+                                  shuffle=True, seed=7)
+    # 12 of the images (3 batches per epoch) keep it quick; same generator, as create_dataloader wires it
+    loader.batch_sampler.sampler = torch.utils.data.RandomSampler(range(12), generator=loader.batch_sampler.generator)
+    return [b for _ in range(2) for b in loader]
+
+
+def test_augmentation_independent_of_workers_and_epochs_differ(coco128):
+    """Per-sample seeds: persistent workers, --workers 0 and 2 give the same batches; epochs still differ."""
+    path = str(coco128 / "images" / "train2017")
+    main, workers = first_two_epochs(path, 0), first_two_epochs(path, 2)
+    assert len(main) == len(workers) == 6
+    for (im1, lb1, p1, _), (im2, lb2, p2, _) in zip(main, workers):
+        assert p1 == p2 and torch.equal(im1, im2) and torch.equal(lb1, lb2)
+    assert not torch.equal(main[0][0], main[3][0])  # epoch 2 is a new shuffle with new augmentation
+
+
+def test_small_dataset_keeps_decoded_images(coco128, monkeypatch):
+    """Without --cache a small set keeps each resized image after its first decode; same pixels as a fresh read."""
+    import utils.dataloaders as dl
+    path = str(coco128 / "images" / "train2017")
+    ds = LoadImagesAndLabels(path, 128, 16, augment=True, nc=80)
+    assert ds.lazy_cache and ds.cache_mode is None and ds.ims[3] is None
+    im, hw0, hw = ds.load_image(3)
+    assert ds.ims[3] is im and ds.load_image(3)[0] is im
+    monkeypatch.setattr(dl, "LAZY_CACHE_BYTES", 0)  # a "large" dataset: nothing kept
+    big = LoadImagesAndLabels(path, 128, 16, augment=True, nc=80)
+    fresh = big.load_image(3)
+    assert not big.lazy_cache and big.ims[3] is None
+    assert np.array_equal(fresh[0], im) and (fresh[1], fresh[2]) == (hw0, hw)
+
+
+def test_seeded_item_leaves_caller_random_streams_alone(train_set):
+    random.seed(5)
+    np.random.seed(5)
+    want = (random.random(), np.random.rand())
+    random.seed(5)
+    np.random.seed(5)
+    a, b = train_set[(0, 123)], train_set[(0, 123)]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert (random.random(), np.random.rand()) == want
 
 
 def test_distributed_sampler_when_rank_set(coco128, tmp_path):
@@ -283,13 +328,13 @@ def test_distributed_sampler_when_rank_set(coco128, tmp_path):
         loader, _ = create_dataloader(str(coco128 / "images" / "train2017"), 128, 8, 32, rank=0, workers=0)
     finally:
         dist.destroy_process_group()
-    assert isinstance(loader.sampler, torch.utils.data.distributed.DistributedSampler)
+    assert isinstance(loader.batch_sampler.sampler, torch.utils.data.distributed.DistributedSampler)
 
 
 def test_rect_disables_shuffle_and_mosaic(coco128):
     loader, ds = create_dataloader(str(coco128 / "images" / "train2017"), 128, 8, 32, augment=True, rect=True,
                                    shuffle=True, workers=0)
-    assert not ds.mosaic and isinstance(loader.sampler, torch.utils.data.SequentialSampler)
+    assert not ds.mosaic and isinstance(loader.batch_sampler.sampler, torch.utils.data.SequentialSampler)
 
 
 def test_perspective_identity_and_flip():

@@ -463,8 +463,6 @@ def test_resume_after_faults_matches_uninterrupted_run(killed_runs: dict) -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="utils/trainer.py save_model writes last.pt before best.pt: a kill between "
-                                       "them leaves a last.pt whose best_fitness has no best.pt (fix in report)")
 def test_best_pt_is_never_behind_last_pt(killed_runs: dict) -> None:
     """Epoch 0 always sets a best, so whenever a last.pt exists its best.pt must too, and end equal to the reference."""
     assert [name for name, step in killed_runs["steps"].items() if step["best"] is None] == []

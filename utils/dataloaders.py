@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import psutil
 import torch
-from torch.utils.data import DataLoader, Dataset, distributed
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler, distributed
 
 from utils.augment_train import (build_mosaic, mixup, augment_hsv, random_flips, random_perspective, with_defaults,
                                  xywhn2xyxy, xyxy2xywhn)
@@ -27,6 +27,9 @@ VID_FORMATS = ("asf", "avi", "gif", "m4v", "mkv", "mov", "mp4", "mpeg", "mpg", "
 HELP = "see https://docs.ultralytics.com/yolov5/tutorials/train_custom_data"
 RANK = int(os.getenv("RANK", -1))
 NUM_THREADS = min(8, os.cpu_count() or 1)
+# Without --cache, a process keeps the resized images it decodes when the whole set needs less than this:
+# small (fine-tuning) datasets then decode each image once per worker instead of once per use.
+LAZY_CACHE_BYTES = 128 * 2**20
 LOGGER = logging.getLogger(__name__)
 
 
@@ -90,7 +93,9 @@ class LoadImagesAndLabels(Dataset):
         self.im_hw: list = [None] * self.n
         self.npy_files = [Path(f).with_suffix(".npy") for f in self.im_files]
         self.cache_mode: str | None = None
+        self.lazy_cache = False
         self.cache_mode = self._cache_images(cache_images, prefix) if cache_images else None
+        self.lazy_cache = self.cache_mode is None and self._resized_bytes() <= LAZY_CACHE_BYTES
 
     @staticmethod
     def _cache_path(path: str | Path | list, files: list[str]) -> Path:
@@ -152,12 +157,15 @@ class LoadImagesAndLabels(Dataset):
         LOGGER.info(f"{prefix}cached {self.n} images ({mode})")
         return mode
 
-    def _ram_fits(self, prefix: str, margin: float = 0.1) -> bool:
-        """Estimate resized-image bytes from up to 30 evenly spaced images (no RNG use: keeps seeds meaningful)."""
+    def _resized_bytes(self) -> float:
+        """Resized-image bytes of the whole set, estimated from up to 30 evenly spaced images (no RNG use)."""
         idx = np.linspace(0, self.n - 1, min(self.n, 30)).astype(int)
         sample = [self.shapes[i] for i in idx]
-        per_image = np.mean([h * w * 3 * (self.img_size / max(h, w)) ** 2 for h, w in sample])
-        need, avail = per_image * self.n * (1 + margin), psutil.virtual_memory().available
+        return float(np.mean([h * w * 3 * (self.img_size / max(h, w)) ** 2 for h, w in sample]) * self.n)
+
+    def _ram_fits(self, prefix: str, margin: float = 0.1) -> bool:
+        """Whether the resized images fit in free RAM with a margin; warn when they do not."""
+        need, avail = self._resized_bytes() * (1 + margin), psutil.virtual_memory().available
         if need > avail:
             LOGGER.warning(f"{prefix}WARNING ⚠️ {need / 2**30:.1f}GB RAM needed, {avail / 2**30:.1f}GB free; "
                            f"not caching images")
@@ -166,12 +174,20 @@ class LoadImagesAndLabels(Dataset):
     def _save_npy(self, i: int) -> None:
         """Disk cache: raw BGR pixels, loaded later with allow_pickle=False."""
         if not self.npy_files[i].exists():
-            np.save(self.npy_files[i], self._read(i), allow_pickle=False)
+            tmp = self.npy_files[i].with_name(f".{self.npy_files[i].name}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as f:  # temp + rename: a kill mid-write never leaves a damaged cache file
+                np.save(f, self._read(i), allow_pickle=False)
+            os.replace(tmp, self.npy_files[i])
 
     def _read(self, i: int) -> np.ndarray:
         """BGR pixels of image i (EXIF-rotated by OpenCV, matching the scanned shape)."""
         if self.cache_mode == "disk" and self.npy_files[i].exists():
-            return np.load(self.npy_files[i], allow_pickle=False)
+            try:
+                return np.load(self.npy_files[i], allow_pickle=False)
+            except (OSError, ValueError, EOFError):  # damaged cache file (killed mid-write, disk error): rebuild
+                self.npy_files[i].unlink(missing_ok=True)
+                self._save_npy(i)
+                return np.load(self.npy_files[i], allow_pickle=False)
         im = cv2.imread(self.im_files[i])
         if im is None:
             raise DatasetError(f"cannot read image {self.im_files[i]}; it was readable when scanned, was it changed?")
@@ -188,13 +204,24 @@ class LoadImagesAndLabels(Dataset):
             # INTER_AREA when shrinking for val (sharper, Ultralytics parity); LINEAR otherwise (faster)
             interp = cv2.INTER_LINEAR if (self.augment or r > 1) else cv2.INTER_AREA
             im = cv2.resize(im, (math.ceil(w0 * r), math.ceil(h0 * r)), interpolation=interp)
+        if self.lazy_cache:  # kept by this process (each worker has its own copy); callers never write into it
+            self.ims[i], self.im_hw0[i], self.im_hw[i] = im, (h0, w0), im.shape[:2]
         return im, (h0, w0), im.shape[:2]
 
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, index: int):
-        """(uint8 CHW RGB tensor, labels (n,6) [0, cls, cx, cy, w, h] normalized, file, shapes or None)."""
+    def __getitem__(self, index: int | tuple[int, int]):
+        """(uint8 CHW RGB tensor, labels (n,6) [0, cls, cx, cy, w, h] normalized, file, shapes or None).
+
+        An (index, seed) pair (from SeededBatchSampler) draws that sample's augmentation from its own seed.
+        """
+        if isinstance(index, tuple):
+            with seeded_random(index[1]):
+                return self._item(index[0])
+        return self._item(index)
+
+    def _item(self, index: int):
         index = self.indices[index]
         hyp = self.hyp
         if self.mosaic and random.random() < hyp["mosaic"]:
@@ -253,10 +280,55 @@ class LoadImagesAndLabels(Dataset):
 
 
 def seed_worker(worker_id: int) -> None:
-    """Give each DataLoader worker its own but reproducible random/np.random streams (torch seeds it)."""
+    """Give each DataLoader worker its own but reproducible random/np.random streams (torch seeds it).
+
+    Workers also run OpenCV single-threaded (as Ultralytics): they share the cores with the training
+    threads, and extra OpenCV threads only add contention there.
+    """
+    cv2.setNumThreads(0)
     worker_seed = torch.initial_seed() % 2**32
     np.random.seed(worker_seed)
     random.seed(worker_seed)
+
+
+@contextlib.contextmanager
+def seeded_random(seed: int) -> Iterator[None]:
+    """random and np.random seeded for one sample, the caller's streams restored afterwards."""
+    state, np_state = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        random.setstate(state)
+        np.random.set_state(np_state)
+
+
+class SeededBatchSampler(Sampler):
+    """Batches of (index, seed) pairs; order and seeds are drawn from one generator in the main process.
+
+    A sample's augmentation then depends only on that generator, not on which worker builds it or on
+    worker restarts: workers persist across epochs, --workers 0 and 8 train on the same images, and a
+    resumed run (generator state restored) repeats every draw.
+    """
+
+    def __init__(self, sampler: Sampler, batch_size: int, generator: torch.Generator) -> None:
+        self.sampler, self.batch_size, self.generator = sampler, batch_size, generator
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order = list(self.sampler)  # a RandomSampler draws its permutation from self.generator here
+        seeds = torch.randint(0, 2**62, (len(order),), generator=self.generator).tolist()
+        pairs = list(zip(order, seeds))
+        for i in range(0, len(pairs), self.batch_size):
+            yield pairs[i : i + self.batch_size]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """DDP: a new shard permutation per epoch (DistributedSampler), the same on every rank."""
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
 
 
 @contextlib.contextmanager
@@ -274,7 +346,11 @@ def create_dataloader(path: str | Path | list, imgsz: int, batch_size: int, stri
                       hyp: dict | None = None, augment: bool = False, cache: str | bool | None = None, pad: float = 0.0,
                       rect: bool = False, workers: int = 8, shuffle: bool = False, prefix: str = "", seed: int = 0,
                       rank: int = -1, nc: int | None = None) -> tuple[DataLoader, LoadImagesAndLabels]:
-    """DataLoader + dataset with Ultralytics defaults: capped workers, seeded generator and workers."""
+    """DataLoader + dataset with Ultralytics defaults (capped workers), seeded per sample, workers kept alive.
+
+    Workers persist across epochs (as Ultralytics' InfiniteDataLoader): no re-fork of the training process
+    and no copy-on-write of its memory every epoch. loader.batch_sampler.generator holds all randomness.
+    """
     if rect and shuffle:
         LOGGER.warning(f"{prefix}WARNING ⚠️ --rect is incompatible with shuffle, setting shuffle=False")
         shuffle = False
@@ -284,13 +360,22 @@ def create_dataloader(path: str | Path | list, imgsz: int, batch_size: int, stri
     batch_size = min(batch_size, len(dataset))
     nd = torch.cuda.device_count()
     nw = min((os.cpu_count() or 1) // max(nd, 1), batch_size if batch_size > 1 else 0, workers)
-    sampler = None if rank == -1 else distributed.DistributedSampler(dataset, shuffle=shuffle)
     generator = torch.Generator()
     generator.manual_seed(6148914691236517205 + seed + max(RANK, 0))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, num_workers=nw,
-                        sampler=sampler, pin_memory=torch.cuda.is_available(), persistent_workers=False,
-                        collate_fn=LoadImagesAndLabels.collate_fn, worker_init_fn=seed_worker, generator=generator)
+    worker_seeds = torch.Generator()  # separate: workers start once, so their seed must not shift the samples'
+    worker_seeds.manual_seed(seed + max(RANK, 0))
+    batches = SeededBatchSampler(_sampler(dataset, shuffle, rank, generator), batch_size, generator)
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=nw, pin_memory=torch.cuda.is_available(),
+                        persistent_workers=nw > 0, collate_fn=LoadImagesAndLabels.collate_fn,
+                        worker_init_fn=seed_worker, generator=worker_seeds)
     return loader, dataset
+
+
+def _sampler(dataset: Dataset, shuffle: bool, rank: int, generator: torch.Generator) -> Sampler:
+    """DDP shard (same permutation on every rank per epoch), else a seeded shuffle or the dataset order."""
+    if rank != -1:
+        return distributed.DistributedSampler(dataset, shuffle=shuffle)
+    return RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
 
 
 class LoadImages:

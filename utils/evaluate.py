@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -14,6 +14,9 @@ from tqdm import tqdm
 from utils.boxes import scale_boxes, xywh2xyxy
 from utils.metrics import ConfusionMatrix, ap_per_class, box_match
 from utils.nms import non_max_suppression
+
+if TYPE_CHECKING:  # matplotlib is imported only when plotting
+    from utils.plots import BackgroundPlots
 
 HEADER = ("%22s" + "%11s" * 6) % ("Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95")
 ROW = "%22s" + "%11i" * 2 + "%11.3g" * 4
@@ -107,6 +110,15 @@ def summarize(st: EvalState, names: list[str], plots: bool, save_dir: Path | Non
     return res
 
 
+def _start_curve_plots(st: EvalState, names: list[str], save_dir: Path | None) -> BackgroundPlots:
+    """PR/F1/P/R curves drawn in another process while this one draws the confusion matrix."""
+    from utils.plots import BackgroundPlots  # matplotlib only when plotting
+
+    curves = BackgroundPlots()
+    curves.run(summarize, st, names, True, save_dir)
+    return curves
+
+
 def evaluate(model: Any, dataloader, names: list[str], conf_thres: float = 0.001, iou_thres: float = 0.6,
              max_det: int = 300, compute_loss: Callable | None = None, plots: bool = False,
              save_dir: str | Path | None = None, single_cls: bool = False, keep_predictions: bool = False,
@@ -116,13 +128,16 @@ def evaluate(model: Any, dataloader, names: list[str], conf_thres: float = 0.001
     st.confusion = ConfusionMatrix(nc=st.nc) if plots else None
     for batch in tqdm(dataloader, desc=prefix + HEADER, bar_format="{l_bar}{bar:10}{r_bar}", leave=True):
         _run_batch(model, batch, st, compute_loss, conf_thres, iou_thres, max_det, single_cls, keep_predictions)
-    res = summarize(st, names, plots, Path(save_dir) if save_dir else None)
+    curves = _start_curve_plots(st, names, Path(save_dir) if save_dir else None) if plots else None
+    res = summarize(st, names, False, Path(save_dir) if save_dir else None)
     print(ROW % ("all", st.seen, res["instances"], res["precision"], res["recall"], res["map50"], res["map"]))
     if verbose and st.nc > 1:
         for name, n, p, r, ap50, ap in res["per_class"]:
             print(ROW % (name, st.seen, n, p, r, ap50, ap))
     if plots and st.confusion is not None and save_dir:
         st.confusion.plot(save_dir=save_dir, names=names)
+    if curves is not None:
+        curves.join()
     res["speed"] = tuple(x / max(st.seen, 1) * 1e3 for x in st.dt)
     res["loss"] = (st.loss / max(len(dataloader), 1)).tolist()
     res["predictions"] = st.predictions

@@ -6,10 +6,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from utils.boxes import box_iou, xywh2xyxy
+from utils.boxes import xywh2xyxy
 
 MAX_NMS = 30000  # boxes entering NMS per image, highest confidence first (Ultralytics max_nms)
-BLOCK = 1024  # boxes resolved together per class; bounds memory at BLOCK x kept instead of N x N
+PRUNE_EVERY = 8  # NMS rounds between max_det cut-offs (each costs a pass over the kept boxes)
 
 
 def _check_thresholds(conf_thres: float, iou_thres: float) -> None:
@@ -29,65 +29,126 @@ def _append_labels(x: torch.Tensor, lb: torch.Tensor, nc: int) -> torch.Tensor:
     return torch.cat((x, v), 0)
 
 
-def _score(x: torch.Tensor, conf_thres: float, multi_label: bool) -> torch.Tensor:
-    """Rows (x1, y1, x2, y2, conf, cls) with conf = obj * cls above threshold; every passing class if multi_label."""
+def _score(x: torch.Tensor, conf_thres: float, multi_label: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows (x1, y1, x2, y2, conf, cls) with conf = obj * cls above threshold (every passing class if multi_label),
+    and the input row each came from."""
     cls_conf = x[:, 5:] * x[:, 4:5]
     box = xywh2xyxy(x[:, :4])
     if multi_label:
         i, j = (cls_conf > conf_thres).nonzero(as_tuple=False).T
-        return torch.cat((box[i], cls_conf[i, j, None], j[:, None].to(x.dtype)), 1)
+        return torch.cat((box[i], cls_conf[i, j, None], j[:, None].to(x.dtype)), 1), i
     conf, j = cls_conf.max(1, keepdim=True)
-    return torch.cat((box, conf, j.to(x.dtype)), 1)[conf.view(-1) > conf_thres]
+    keep = (conf.view(-1) > conf_thres).nonzero(as_tuple=False).view(-1)
+    return torch.cat((box, conf, j.to(x.dtype)), 1)[keep], keep
 
 
-def _suppressed_by(kept: np.ndarray, boxes: np.ndarray, iou_thres: float) -> np.ndarray:
-    """Which boxes overlap an already kept box (chunked so kept x block stays small)."""
-    out = np.zeros(len(boxes), dtype=bool)
-    for s in range(0, len(kept), 4 * BLOCK):
-        out |= (box_iou(kept[s : s + 4 * BLOCK], boxes) > iou_thres).any(0)
-    return out
+def _candidates(prediction: torch.Tensor, conf_thres: float, multi_label: bool, labels: Sequence[torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scored rows of the whole batch and their image index, image by image in prediction row order.
 
-
-def _greedy_block(boxes: np.ndarray, iou_thres: float) -> np.ndarray:
-    """Exact greedy resolution inside one score-sorted block: a box survives unless a kept better box covers it."""
-    over = np.triu(box_iou(boxes, boxes) > iou_thres, 1)
-    removed = np.zeros(len(boxes), dtype=bool)
-    keep = []
-    for i in range(len(removed)):
-        if not removed[i]:
-            keep.append(i)
-            removed |= over[i]
-    return np.array(keep, dtype=np.int64)
-
-
-def _split_by_group(groups: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """(group, positions) pairs; positions stay ascending, i.e. best score first within each group."""
-    by_group = np.argsort(groups, kind="stable")
-    values, starts = np.unique(groups[by_group], return_index=True)
-    return list(zip(values.tolist(), np.split(by_group, starts[1:])))
-
-
-def _greedy(boxes: np.ndarray, groups: np.ndarray, iou_thres: float, max_keep: int | None) -> np.ndarray:
-    """Greedy NMS over score-sorted boxes, block by block in score order, stopping once max_keep survive.
-
-    Within a block each group is resolved only against its own kept boxes, so the cost is ~kept x block per
-    class rather than across classes, and the early stop still sees the global score order.
+    One pass over the batch instead of one per image: per-image tensor calls cost more than the work at
+    conf_thres 0.001.
     """
-    kept: dict[int, np.ndarray] = {}
-    keep, total = [], 0
-    for start in range(0, len(boxes), BLOCK):
-        b = boxes[start : start + BLOCK]
-        for c, idx in _split_by_group(groups[start : start + BLOCK]):
-            prior = kept.get(c, b[:0])
-            alive = idx[~_suppressed_by(prior, b[idx], iou_thres)]  # skip the already dead
-            local = alive[_greedy_block(b[alive], iou_thres)]
-            kept[c] = np.concatenate((prior, b[local]))
-            keep.append(local + start)
-            total += len(local)
-        if max_keep is not None and total >= max_keep:
-            break
-    keep_sorted = np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)  # groups interleave in a block
-    return keep_sorted[:max_keep]
+    nc = prediction.shape[2] - 5
+    if labels and any(len(lb) for lb in labels):  # rare (val --save-hybrid): label rows go after each image's rows
+        rows, images = [], []
+        for xi, x in enumerate(prediction):
+            x = x[x[:, 4] > conf_thres]
+            x = _append_labels(x, labels[xi], nc) if len(labels[xi]) else x
+            r = _score(x, conf_thres, multi_label)[0] if len(x) else x.new_zeros((0, 6))
+            rows.append(r)
+            images.append(torch.full((len(r),), xi, dtype=torch.long, device=x.device))
+        return torch.cat(rows, 0), torch.cat(images, 0)
+    img, row = (prediction[..., 4] > conf_thres).nonzero(as_tuple=True)
+    if not len(img):
+        return prediction.new_zeros((0, 6)), img
+    x, src = _score(prediction[img, row], conf_thres, multi_label)
+    return x, img[src]
+
+
+def _by_image_then_score(conf: torch.Tensor, img: torch.Tensor) -> torch.Tensor:
+    """Order grouping rows by image, best score first inside each; ties keep row order (reproducible)."""
+    order = conf.argsort(descending=True, stable=True)
+    return order[img[order].argsort(stable=True)]
+
+
+def _starts(groups: np.ndarray) -> np.ndarray:
+    """Positions where a new value begins in a grouped (sorted) array."""
+    if not len(groups):
+        return np.zeros(0, np.int64)
+    change = np.empty(len(groups), dtype=bool)
+    change[0] = True
+    np.not_equal(groups[1:], groups[:-1], out=change[1:])
+    return np.flatnonzero(change)
+
+
+def _rank_in_group(groups: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... restarting at every new value of a grouped (sorted) array."""
+    starts = _starts(groups)
+    return np.arange(len(groups)) - np.repeat(starts, np.diff(starts, append=len(groups)))
+
+
+def _corners_and_area(xyxy: np.ndarray) -> np.ndarray:
+    """(5, n): x1, y1, x2, y2 and area as contiguous rows, so each NMS round is a few flat ufunc passes."""
+    c = np.empty((5, len(xyxy)), dtype=xyxy.dtype)
+    c[:4] = xyxy.T
+    np.multiply(c[2] - c[0], c[3] - c[1], out=c[4])  # width * height, as box_iou computes areas
+    return c
+
+
+def _iou_rows(a: np.ndarray, b: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    """IoU of column i of a with column i of b (both from _corners_and_area).
+
+    Follows utils.boxes.box_iou operation for operation (inter / (area_a + area_b - inter + eps)), so every
+    NMS decision is bit-identical to one taken from a full IoU matrix.
+    """
+    w = np.minimum(a[2], b[2])
+    w -= np.maximum(a[0], b[0])
+    np.maximum(w, 0, out=w)
+    h = np.minimum(a[3], b[3])
+    h -= np.maximum(a[1], b[1])
+    np.maximum(h, 0, out=h)
+    w *= h  # intersection
+    union = a[4] + b[4]
+    union -= w
+    union += eps
+    return np.divide(w, union, out=w)
+
+
+def _greedy(boxes: np.ndarray, groups: np.ndarray, iou_thres: float, images: np.ndarray,
+            max_keep: int | None) -> np.ndarray:
+    """Exact greedy NMS of boxes sorted by image then score, every group at once: kept mask.
+
+    Each round the best remaining box of every group is kept (nothing better is left to suppress it) and
+    removes the boxes of its group it overlaps. Rounds = the most boxes any group keeps, and each round
+    costs one vectorised pass over the survivors, so no N x N matrix and no Python loop per box. Boxes
+    ranked past an image's max_keep-th kept box are dropped on the way: they can never be output, and
+    they could only have suppressed boxes ranked even lower.
+    """
+    keep = np.zeros(len(boxes), dtype=bool)
+    idx = np.argsort(groups, kind="stable")  # group by group, score order inside each
+    c, g = _corners_and_area(boxes[idx]), groups[idx]
+    rounds = 0
+    while len(idx):
+        starts = _starts(g)
+        keep[idx[starts]] = True
+        heads = np.repeat(c[:, starts], np.diff(starts, append=len(g)), axis=1)  # each box's group head
+        alive = ~(_iou_rows(heads, c) > iou_thres)  # not "<=": a NaN IoU suppresses nothing, as before
+        alive[starts] = False
+        rounds += 1
+        if max_keep is not None and rounds % PRUNE_EVERY == 0:
+            alive &= idx <= _cutoffs(keep, images, max_keep)[images[idx]]
+        idx, c, g = idx[alive], c[:, alive], g[alive]
+    return keep
+
+
+def _cutoffs(keep: np.ndarray, images: np.ndarray, max_keep: int) -> np.ndarray:
+    """Per image, the position of its max_keep-th kept box so far (len(keep) while it has fewer)."""
+    kept = np.flatnonzero(keep)
+    nth = kept[_rank_in_group(images[kept]) == max_keep - 1]
+    cut = np.full(int(images.max()) + 1, len(keep))
+    cut[images[nth]] = nth
+    return cut
 
 
 def nms(
@@ -99,15 +160,14 @@ def nms(
 ) -> torch.Tensor:
     """Greedy NMS where boxes only suppress boxes of their own group; indices of kept boxes, best score first.
 
-    Never builds an N x N IoU matrix (30000 candidates would need GBs). Runs in numpy: thousands of tiny ops
-    are several times slower through torch's thread pool on a busy CPU. Ties in score keep input order
+    Never builds an N x N IoU matrix (30000 candidates would need GBs). Ties in score keep input order
     (stable sort) so results are reproducible.
     """
     order = scores.argsort(descending=True, stable=True)
-    np_boxes = boxes[order].detach().cpu().numpy()
-    np_groups = np.zeros(len(order), np.int64) if groups is None else groups[order].long().cpu().numpy()
-    keep = _greedy(np_boxes, np_groups, iou_thres, max_keep)
-    return order[torch.from_numpy(keep).to(order.device)]
+    one_image = np.zeros(len(order), np.int64)
+    np_groups = one_image if groups is None else groups[order].long().cpu().numpy()
+    keep = _greedy(boxes[order].detach().cpu().numpy(), np_groups, iou_thres, one_image, max_keep)
+    return order[torch.from_numpy(np.flatnonzero(keep)[:max_keep]).to(order.device)]
 
 
 def non_max_suppression(
@@ -122,22 +182,24 @@ def non_max_suppression(
 ) -> list[torch.Tensor]:
     """Per image (n, 6) x1, y1, x2, y2, conf, cls from raw (B, N, 5 + nc) predictions, Ultralytics v7.0 selection.
 
-    Unlike Ultralytics there is no time budget: slow hosts get the same detections as fast ones.
+    Unlike Ultralytics there is no time budget: slow hosts get the same detections as fast ones. The whole
+    batch is suppressed in one greedy pass with groups (image, class), or (image) when agnostic.
     """
     _check_thresholds(conf_thres, iou_thres)
     if isinstance(prediction, (list, tuple)):  # eval forward returns (pred, raw)
         prediction = prediction[0]
-    nc = prediction.shape[2] - 5
-    multi_label &= nc > 1
-    output = []
-    for xi, x in enumerate(prediction):
-        x = x[x[:, 4] > conf_thres]
-        if labels and len(labels[xi]):
-            x = _append_labels(x, labels[xi], nc)
-        x = _score(x, conf_thres, multi_label) if len(x) else x.new_zeros((0, 6))
-        if classes is not None:
-            x = x[(x[:, 5:6] == torch.tensor(classes, dtype=x.dtype, device=x.device)).any(1)]
-        x = x[x[:, 4].argsort(descending=True, stable=True)[:MAX_NMS]]
-        groups = None if agnostic else x[:, 5].long()
-        output.append(x[nms(x[:, :4], x[:, 4], iou_thres, groups, max_det)])
-    return output
+    bs, nc = prediction.shape[0], prediction.shape[2] - 5
+    x, img = _candidates(prediction, conf_thres, multi_label and nc > 1, labels)
+    if classes is not None:
+        sel = (x[:, 5:6] == torch.tensor(classes, dtype=x.dtype, device=x.device)).any(1)
+        x, img = x[sel], img[sel]
+    order = _by_image_then_score(x[:, 4], img)
+    np_img = img[order].cpu().numpy()
+    capped = _rank_in_group(np_img) < MAX_NMS
+    x, np_img = x[order[torch.from_numpy(capped).to(order.device)]], np_img[capped]
+    groups = np_img if agnostic else np_img * (nc + 1) + x[:, 5].long().cpu().numpy()
+    keep = _greedy(x[:, :4].detach().cpu().numpy(), groups, iou_thres, np_img, max_det)
+    kept_img = np_img[keep]
+    x = x[torch.from_numpy(keep).to(x.device)]
+    counts = np.bincount(kept_img, minlength=bs)
+    return [d[:max_det] for d in torch.split(x, counts.tolist())]

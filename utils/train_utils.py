@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from utils.files import increment_path  # noqa: F401  (re-exported: train.py and tests import it from here)
 
+import ctypes
 import glob
 import math
 import os
 import random
+import sys
 from contextlib import contextmanager
 from copy import deepcopy
 from pathlib import Path
@@ -208,3 +210,41 @@ def latest_run(search_dir: str | os.PathLike = ".") -> str:
     """Most recent last*.pt below search_dir: what a bare --resume continues."""
     files = glob.glob(f"{search_dir}/**/last*.pt", recursive=True)
     return max(files, key=os.path.getctime) if files else ""
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, GLIBC_DEFAULT_THRESHOLD = -1, -3, 128 * 1024  # mallopt(3) parameters
+
+
+@contextmanager
+def retained_heap(limit: int = 1 << 30) -> Iterator[None]:
+    """Keep freed memory in the process (glibc) while training, restore the defaults afterwards.
+
+    By default glibc hands big freed blocks (activations, gradients) back to the kernel and the next step
+    takes them again through page faults that zero every page: ~10% of a CPU training step, measured on
+    yolov5n at 320. Memory use stays at the step's peak instead of dropping between steps.
+    """
+    libc = _glibc()
+    if libc is None:
+        yield
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, limit)
+    libc.mallopt(M_TRIM_THRESHOLD, limit)
+    try:
+        yield
+    finally:  # glibc's initial values (the dynamic mmap threshold stays off), and give the memory back
+        libc.mallopt(M_MMAP_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
+        libc.mallopt(M_TRIM_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
+        libc.malloc_trim(0)
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (mallopt semantics), else None (macOS, Windows, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.gnu_get_libc_version.restype = ctypes.c_char_p
+        libc.gnu_get_libc_version()
+        return libc
+    except (OSError, AttributeError):
+        return None
