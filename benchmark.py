@@ -4,6 +4,7 @@ Usage:
     python benchmark.py --weights a.pt b.onnx --engines deepsparse onnxruntime torch openvino --batch-size 1 64
     python benchmark.py --cfg models/yolov5s.yaml --sparsity 0 0.8 --quantize          # builds the variants itself
     python benchmark.py --weights yolov5n.pt --sparsity 0 0.5 0.8 --block none 1x4      # unstructured and 1x4 blocks
+    python benchmark.py --cfg models/yolov5s.yaml --sparsity 0 0.8 --channel-prune 0.5  # + a half-FLOPs model
     python benchmark.py --weights yolov5n.onnx --engines deepsparse openvino --scenario async --batch-size 64
     python benchmark.py --cfg models/yolov5n.yaml --random --time 10 --num-cores 2
 
@@ -41,7 +42,8 @@ def run(weights: list[str] | None = None, cfg: str | None = None, engines: list[
         num_cores: int | None = None, scenario: list[str] = ("sync",), num_streams: int | None = None,
         baseline: str = "onnxruntime:dense", conf_thres: float = 0.25, iou_thres: float = 0.45, max_det: int = 1000,
         openvino_precision: str = "f32", opset: int = DEFAULT_OPSET, device: str = "cpu",
-        project: str = "runs/benchmark", name: str = "exp", exist_ok: bool = False) -> dict[str, Any]:
+        project: str = "runs/benchmark", name: str = "exp", exist_ok: bool = False,
+        channel_prune: list[float] | None = None, channel_allocation: str = "uniform") -> dict[str, Any]:
     """Time every (batch size, variant, engine, scenario); returns the report dict (also saved as results.json)."""
     engines, scenario = validate(engines, batch_size, sparsity, scenario, warmup, iterations, time_s)
     hw = check_img_size([imgsz[0], imgsz[-1]] if isinstance(imgsz, (list, tuple)) else [imgsz, imgsz], s=32)
@@ -52,7 +54,10 @@ def run(weights: list[str] | None = None, cfg: str | None = None, engines: list[
     LOGGER.info(method_text(settings, scenario))
     source = source or str(assets_dir() / "images")
     images = random_images(2, settings.imgsz) if random else load_images(source)
-    variants, notes = build_variants(weights, cfg, sparsity, method, block, quantize, opset, max(settings.imgsz))
+    if channel_prune and any(not 0 < f < 1 for f in channel_prune):
+        raise ValueError(f"--channel-prune {channel_prune}: fractions of conv FLOPs to remove, each in (0, 1)")
+    variants, notes = build_variants(weights, cfg, sparsity, method, block, quantize, opset, max(settings.imgsz),
+                                     channel_prune, channel_allocation)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)  # only once the inputs are good
     inputs = "random noise" if random else f"{len(images)} images from {source}"
     LOGGER.info(f"Variants: {', '.join(v.name for v in variants)}; engines: {', '.join(engines)}; "
@@ -79,6 +84,11 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    help="one-shot prune each .pt / --cfg model to these global sparsities (0 = dense)")
     p.add_argument("--method", choices=["global", "layerwise"], default="global", help="unstructured pruning method")
     p.add_argument("--block", nargs="+", default=["none"], help="sparsity patterns: none (unstructured) and/or 1x4")
+    p.add_argument("--channel-prune", nargs="+", type=float, default=None,
+                   help="also time channel-pruned copies with these fractions of conv FLOPs removed (e.g. 0.5), "
+                        "each with the --sparsity levels on top")
+    p.add_argument("--channel-allocation", choices=["uniform", "global"], default="uniform",
+                   help="channels removed: same fraction per layer, or one global L1 threshold")
     p.add_argument("--quantize", action="store_true", help="add INT8 twins of the built variants (needs an exporter)")
     p.add_argument("--source", type=str, default=None, help="image file/folder (default: shared demo images)")
     p.add_argument("--random", action="store_true", help="random-noise images instead of --source")

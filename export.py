@@ -5,6 +5,7 @@ Usage:
     python export.py --weights yolov5n.pt --include onnx openvino         # + yolov5n_openvino_model/
     python export.py --weights best.pt --imgsz 320 --batch-size 1 --dynamic --opset 13
     python export.py --weights yolov5n.pt --sparsity 0.5 --prune-method obc --data coco128.yaml  # -> yolov5n_obc50.onnx
+    python export.py --weights yolov5s.pt --channel-prune 0.5 --data coco128.yaml  # -> yolov5s_cp50.onnx + .pt
 
 The ONNX file carries names/stride/imgsz/sparsity in its metadata, so val.py/detect.py need nothing else:
     python detect.py --weights yolov5n.onnx --engine deepsparse
@@ -43,24 +44,33 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calib-images", type=int, default=128, help="calibration images for --sparsity")
     parser.add_argument("--mask-type", choices=["unstructured", "block4"], default="unstructured",
                         help="obc sparsity pattern (block4 = [1,4] VNNI blocks)")
+    parser.add_argument("--channel-prune", type=float, default=0.0,
+                        help="one-shot remove this fraction of conv FLOPs by whole channels (structured; also writes "
+                             "<stem>_cpNN.pt); --data refits the pruned layers on its images")
+    parser.add_argument("--channel-importance", choices=["bn", "l1", "taylor"], default="bn",
+                        help="channel ranking for --channel-prune: BN |gamma|, filter L1, or Taylor (needs --data)")
     return parser.parse_args(argv)
 
 
 def run(weights: str = "yolov5n.pt", imgsz: list[int] | int = (640,), batch_size: int = 1, device: str = "cpu",
         include: list[str] | tuple[str, ...] = ("onnx",), dynamic: bool = False, simplify: bool = False,
         opset: int = DEFAULT_OPSET, sparsity: float = 0.0, prune_method: str = "obc", data: str | None = None,
-        calib_images: int = 128, mask_type: str = "unstructured") -> list[Path]:
+        calib_images: int = 128, mask_type: str = "unstructured", channel_prune: float = 0.0,
+        channel_importance: str = "bn") -> list[Path]:
     """Export and return the written paths (ONNX file first); --sparsity prunes one-shot before exporting."""
-    weights = resolve_weights(weights)  # zoo: stub -> mirror/SparseZoo checkpoint
     include = tuple(f.lower() for f in include)
     unknown = [f for f in include if f not in FORMATS]
     if unknown:
         raise SystemExit(f"export: unknown --include {unknown}; choose from {', '.join(FORMATS)}")
+    weights = resolve_weights(weights)  # zoo: stub -> mirror/SparseZoo checkpoint
     if not Path(weights).is_file():
         raise SystemExit(f"export: weights file {weights} not found; pass --weights path/to/model.pt")
     sizes = [imgsz] if isinstance(imgsz, int) else list(imgsz)
     hw = (sizes[0], sizes[-1])
     prune = export_step(sparsity, prune_method, data, max(hw), calib_images, mask_type) if sparsity else None
+    if channel_prune:  # structured first, then --sparsity on the smaller model
+        from utils.sparsity.channel.cli import channel_export_step
+        prune = channel_export_step(channel_prune, channel_importance, data, max(hw), calib_images, weights, prune)
     return export_weights(weights, include, hw, batch_size, dynamic, opset, simplify, device, prune=prune)["files"]
 
 

@@ -155,7 +155,10 @@ def main(opt: argparse.Namespace, callbacks: list[Callback] | None = None) -> di
     logging.basicConfig(format="%(message)s", level=logging.INFO if RANK in (-1, 0) else logging.WARNING)
     opt = resume_options(opt) if opt.resume else new_run_options(opt)
     init_distributed(opt)
-    callbacks = list(callbacks or []) + sparsification_callbacks(opt)
+    from utils.sparsity.channel.training import ChannelLayoutCallback
+
+    # a channel-pruned checkpoint is rebuilt at its own widths before its weights load (no-op for any other)
+    callbacks = list(callbacks or []) + [ChannelLayoutCallback()] + sparsification_callbacks(opt)
     try:
         return Trainer(opt, opt.hyp, callbacks).setup().fit()
     finally:

@@ -6,6 +6,7 @@ Usage:
     python val.py --weights yolov5n.pt --data coco128.yaml --sparsity 0,0.1,0.2,0.3,0.4,0.5 --prune-method global layerwise
     python val.py --weights yolov5n.pt --data coco128.yaml --sparsity 0,0.3,0.5,0.7 --prune-method obc global+recal
     python val.py --weights yolov5n.pt --data coco128.yaml --sensitivity --recipe-sparsity 0.5 0.75
+    python val.py --weights yolov5n.pt --data coco128.yaml --img 320 --channel-prune 0.3   # structured, one-shot
 """
 from __future__ import annotations
 
@@ -49,11 +50,16 @@ def run(data: str = "data/coco128.yaml", weights: str = "yolov5n.pt", batch_size
         prune_method: list[str] | None = None, calib_batches: int = 0, plots: bool = True, calib_images: int = 128,
         mask_type: str = "unstructured", sensitivity: bool = False, sensitivity_levels: list[float] | None = None,
         sensitivity_images: int = 16, sensitivity_table: str | None = None,
-        recipe_sparsity: list[float] | None = None, rect: bool | None = None) -> dict | list:
+        recipe_sparsity: list[float] | None = None, rect: bool | None = None, channel_prune: float = 0.0,
+        channel_importance: str = "bn") -> dict | list:
     """Validate once (or once per sparsity level and method); returns the metrics dict written to metrics.json."""
     data_dict = check_dataset(data)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
-    eng = load_engine(resolve_weights(weights, engine), engine, batch_size=batch_size, imgsz=imgsz, device=device)
+    source = weights = resolve_weights(weights, engine)
+    if channel_prune:  # one-shot structured pruning of the checkpoint, then validate it like any model
+        from utils.sparsity.channel.cli import pruned_model
+        source = pruned_model(weights, channel_prune, channel_importance, data_dict, imgsz, calib_images)
+    eng = load_engine(source, engine, batch_size=batch_size, imgsz=imgsz, device=device)
     imgsz = eng.imgsz[0] if eng.imgsz else check_img_size(imgsz, s=eng.stride)
     names = data_dict["names"]
     if sensitivity:
@@ -132,6 +138,11 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rect", action=argparse.BooleanOptionalAction, default=None,
                    help="rectangular batches (default: on for .pt and dynamic-shape models); --no-rect letterboxes "
                         "every image to the square imgsz, as a static ONNX model sees it, to compare engines fairly")
+    p.add_argument("--channel-prune", type=float, default=0.0,
+                   help="one-shot remove this fraction of conv FLOPs by whole channels, refit on --calib-images "
+                        "train images, then validate (.pt weights only)")
+    p.add_argument("--channel-importance", choices=["bn", "l1", "taylor"], default="bn",
+                   help="channel ranking for --channel-prune: BN |gamma|, filter L1, or Taylor on labelled images")
     return p.parse_args(argv)
 
 

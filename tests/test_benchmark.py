@@ -105,6 +105,18 @@ def test_block_prune_makes_whole_1x4_blocks(tiny_model):
         blocks.parse_block("2x2")
 
 
+def test_channel_variants_are_smaller_dense_models_in_the_same_group(tiny_model):
+    """--channel-prune: a cp50 model with at least half the conv MACs gone (16-channel rounding), plus its 1x4-pruned copy, ratioed to dense."""
+    from utils.sparsity.channel import ChannelGraph
+
+    out = variants.channel_variants(tiny_model, "yolov5n", [0.5], "uniform", [0.0, 0.6], [4], "global", 13, "cfg", 64)
+    assert [v.name for v in out] == ["yolov5n cp50 FP32", "yolov5n cp50 pruned60-1x4 FP32"]
+    assert {v.group for v in out} == {"yolov5n"} and "cp50" in out[0].source
+    left = ChannelGraph(out[0].model).macs() / ChannelGraph(tiny_model).macs()
+    assert 0.3 <= left <= 0.6 and out[1].sparsity == pytest.approx(0.6, abs=0.01)
+    assert report.parse_baseline("onnxruntime:dense")[1] not in out[0].name  # never taken for the baseline row
+
+
 def test_machine_report_fields(tmp_path):
     rep = machine.machine_report()
     assert rep["cpu"] and rep["cores"]["logical"] >= 1 and rep["cores_used"] >= 1

@@ -7,7 +7,8 @@ from utils.engines import engine_name
 
 from .blocks import parse_block
 from .suite import Settings
-from .variants import Variant, calibrate_bn, file_variant, find_int8_exporter, int8_variants, pruned_models
+from .variants import (Variant, calibrate_bn, channel_variants, file_variant, find_int8_exporter, int8_variants,
+                       pruned_models)
 
 ENGINES = ("deepsparse", "onnxruntime", "torch", "openvino")
 SCENARIOS = ("sync", "async")
@@ -59,15 +60,21 @@ def _base_models(weights: list[str] | None, cfg: str | None, sparsity: list[floa
 
 
 def build_variants(weights: list[str] | None, cfg: str | None, sparsity: list[float] | None, method: str,
-                   block: list[str], quantize: bool, opset: int, imgsz: int = 640) -> tuple[list[Variant], list[str]]:
-    """Dense/pruned FP32 copies of each base model, user files as given, INT8 twins when an exporter exists."""
+                   block: list[str], quantize: bool, opset: int, imgsz: int = 640,
+                   channel_prune: list[float] | None = None,
+                   channel_allocation: str = "uniform") -> tuple[list[Variant], list[str]]:
+    """Dense/pruned FP32 copies of each base model (and of its channel-pruned copies), user files as given, INT8
+    twins when an exporter exists."""
     calib_size = min(imgsz, 256)  # BN statistics barely depend on resolution; 256 keeps calibration cheap
-    bases, files = _base_models(weights, cfg, sparsity, calib_size)
+    bases, files = _base_models(weights, cfg, sparsity or channel_prune, calib_size)
     blocks = list(dict.fromkeys(parse_block(b) for b in block))
+    levels = sorted(set(sparsity or [0.0]))
     variants: list[Variant] = []
     for group, model, source in bases:
-        variants += pruned_models(model, group, sorted(set(sparsity or [0.0])), blocks, method, opset, source,
-                                  calib_size)
+        variants += pruned_models(model, group, levels, blocks, method, opset, source, calib_size)
+        if channel_prune:
+            variants += channel_variants(model, group, channel_prune, channel_allocation, sorted(set(levels) | {0.0}),
+                                         blocks, method, opset, source, calib_size)
     variants += [file_variant(p, opset) for p in files]
     notes = []
     if quantize:

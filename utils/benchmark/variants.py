@@ -147,6 +147,24 @@ def pruned_models(base: nn.Module, group: str, levels: list[float], blocks: list
     return out
 
 
+def channel_variants(base: nn.Module, group: str, fractions: list[float], allocation: str, levels: list[float],
+                     blocks: list[int], method: str, opset: int, source: str, calib_size: int = 256) -> list[Variant]:
+    """Per FLOPs fraction: the channel-pruned (smaller dense) model, plus its unstructured/1xN pruned copies."""
+    from utils.sparsity.channel import channel_prune
+
+    out = []
+    for f in fractions:
+        m = copy.deepcopy(base).eval()
+        rep = channel_prune(m, flops_target=f, importance="l1", allocation=allocation)
+        calibrate_bn(m, calib_size)
+        tag = f"cp{round(f * 100)}"
+        how = f"{source}, {tag}: {1 - rep['macs_left']:.0%} of conv FLOPs removed by channels ({allocation})"
+        for v in pruned_models(m, f"{group} {tag}", levels, blocks, method, opset, how, calib_size):
+            v.group, v.name = group, v.name.replace(" dense FP32", " FP32")  # ratio against the group's dense row
+            out.append(v)
+    return out
+
+
 def int8_variants(fp32: list[Variant], exporter: Int8Exporter) -> list[Variant]:
     """One INT8 twin per in-memory FP32 variant (dense INT8, pruned INT8), exported by the plugged-in exporter."""
     return [Variant(v.name.replace(" FP32", " INT8"), v.group, v.sparsity, v.pattern, "INT8", model=v.model,

@@ -47,6 +47,8 @@ def import_sparseml() -> Any:
         with warnings.catch_warnings():  # sparseml 1.8 imports pkg_resources; the pin (setuptools<81) keeps it working
             warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
             from sparseml.pytorch.optim import ScheduledModifierManager
+
+            import utils.sparsity.channel_modifier  # noqa: F401  registers our !ChannelPruningModifier tag
     except ImportError as e:
         raise ImportError(
             f"SparseML is needed for recipe-driven pruning/quantization but could not be imported ({e}). "
