@@ -117,6 +117,16 @@ def test_channel_variants_are_smaller_dense_models_in_the_same_group(tiny_model)
     assert report.parse_baseline("onnxruntime:dense")[1] not in out[0].name  # never taken for the baseline row
 
 
+def test_built_models_send_a_trained_like_number_of_boxes_to_nms():
+    """A random head would pass thousands of boxes (or none) to NMS; calibrated, about 100 per image pass 0.25."""
+    torch.manual_seed(1)
+    model = variants.calibrate_bn(DetectionModel("models/yolov5n.yaml"), size=320)
+    with torch.no_grad():
+        y = model(variants.head_images(320))[0]
+    passing = ((y[..., 4:5] * y[..., 5:]).amax(-1) > 0.25).sum(1).float().mean()
+    assert 50 <= passing <= 150
+
+
 def test_machine_report_fields(tmp_path):
     rep = machine.machine_report()
     assert rep["cpu"] and rep["cores"]["logical"] >= 1 and rep["cores_used"] >= 1

@@ -117,20 +117,66 @@ def model_variant(model: nn.Module, group: str, pattern: str, opset: int, source
                    exporter=fp32_exporter(opset), source=source)
 
 
-def calibrate_bn(model: nn.Module, size: int = 256, batches: int = 2) -> nn.Module:
-    """Re-estimate BN statistics on noise so activations keep the O(1) magnitudes of a trained model.
+def calibrate_bn(model: nn.Module, size: int = 640, batches: int = 2) -> nn.Module:
+    """Re-estimate BN statistics on the sample images so activations keep the O(1) magnitudes of a trained model,
+    then calibrate the detection head (calibrate_head) on them, at the benchmark's size.
 
     A fresh yolov5n shrinks activations to ~1e-9 by the neck, and 80% one-shot pruning leaves whole layers
     outputting exact zeros. Engines should not be timed on values no trained model produces (denormal or all-zero
     fast paths, NMS with no candidates), so every model built here gets BN statistics that normalise them again.
     """
-    gen = torch.Generator().manual_seed(0)
-    bn_recalibrate(model, [torch.rand(2, 3, size, size, generator=gen) for _ in range(batches)], batches)
-    return model.eval()
+    images = head_images(size)  # real pictures: BN statistics of noise let real inputs grow huge layer by layer
+    bn_recalibrate(model, list(images.split(2))[:batches], batches)
+    return calibrate_head(model.eval(), images)
+
+
+def head_images(size: int) -> torch.Tensor:
+    """The shared sample images letterboxed to size x size (noise when they are missing)."""
+    from utils.sparsity.ptq import calibration_batches
+
+    return torch.cat(calibration_batches((size, size)))
+
+
+def calibrate_head(model: nn.Module, x: torch.Tensor, candidates: int = 100, conf: float = 0.25) -> nn.Module:
+    """Shift objectness and class biases so about `candidates` boxes per image pass `conf`, as a trained model's do.
+
+    Post-processing time grows with the boxes that reach NMS. A random head lets thousands through (yolov5s at 640:
+    NMS ~85 ms) or none at all, which would time NMS on detections no trained model makes; 100 per image is
+    generous for a trained YOLOv5 at conf 0.25 (yolov5n: 41 on bus.jpg). The head's output convs are first scaled
+    so score logits spread like a trained head's (random ones span hundreds, so counts jump from 0 to thousands
+    between images); layer shapes and sparsity are untouched.
+    """
+    detect, raw = model.model[-1], []
+    hooks = [conv.register_forward_hook(lambda _m, _i, out: raw.append(out.detach().float())) for conv in detect.m]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    logits = torch.cat([r.view(len(x), detect.na, detect.no, -1).transpose(2, 3).reshape(len(x), -1, detect.no)
+                        for r in raw], 1)  # (B, boxes, 5 + nc) before the sigmoid (scores saturate in float32)
+    scale = 2.0 / float(logits[..., 4:].std().clamp_min(1e-12))  # a trained head's score logits spread ~O(1)
+    obj = logits[..., 4] * scale
+    cls = logits[..., 5:].amax(-1) * scale if detect.no > 5 else torch.full_like(obj, 50.0)
+
+    def passing(delta: float) -> float:
+        return float(((torch.sigmoid(obj + delta) * torch.sigmoid(cls + delta)) > conf).sum(1).float().mean())
+
+    lo, hi = -1e4, 1e4
+    for _ in range(60):  # bisection: passing() only grows with delta
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if passing(mid) < candidates else (lo, mid)
+    with torch.no_grad():
+        for conv in detect.m:
+            conv.weight *= scale
+            conv.bias *= scale
+            conv.bias.view(detect.na, -1)[:, 4:] += (lo + hi) / 2
+    return model
 
 
 def pruned_models(base: nn.Module, group: str, levels: list[float], blocks: list[int], method: str, opset: int,
-                  source: str, calib_size: int = 256) -> list[Variant]:
+                  source: str, calib_size: int = 640) -> list[Variant]:
     """Dense once, then one pruned copy per (sparsity level, block size); level 0 is the dense model itself."""
     out = [model_variant(copy.deepcopy(base).eval(), group, "dense", opset, source)] if 0 in levels else []
     for level in (lv for lv in levels if lv > 0):
@@ -148,7 +194,7 @@ def pruned_models(base: nn.Module, group: str, levels: list[float], blocks: list
 
 
 def channel_variants(base: nn.Module, group: str, fractions: list[float], allocation: str, levels: list[float],
-                     blocks: list[int], method: str, opset: int, source: str, calib_size: int = 256) -> list[Variant]:
+                     blocks: list[int], method: str, opset: int, source: str, calib_size: int = 640) -> list[Variant]:
     """Per FLOPs fraction: the channel-pruned (smaller dense) model, plus its unstructured/1xN pruned copies."""
     from utils.sparsity.channel import channel_prune
 
