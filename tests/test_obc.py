@@ -230,3 +230,20 @@ def test_export_prunes_one_shot_before_export(tmp_path, yolov5n_pt):
     assert abs(float(meta["sparsity"]) - 0.5) < 1e-3
     with pytest.raises(ValueError, match="--data"):
         export.run(weights=str(weights), imgsz=[96], sparsity=0.5, prune_method="obc")
+
+
+def test_layer_stats_position_subset_estimates_h_and_pairs_dense_columns():
+    """A random subset of output positions estimates H; the dense input uses the very same positions (G == H)."""
+    from utils.sparsity.obc import LayerStats
+
+    torch.manual_seed(3)
+    conv = nn.Conv2d(4, 6, 3, 1, 1, bias=False)
+    x = torch.randn(4, 4, 32, 32)
+    full, sub = LayerStats(36), LayerStats(36, cross=True, max_positions=256)
+    full.add(conv, x)
+    sub.add(conv, x, x.clone())
+    assert full.n == 4 * 1024 and sub.n == 4 * 256
+    H_full, _ = full.mean()
+    H_sub, G_sub = sub.mean()
+    assert torch.allclose(G_sub, H_sub)  # same columns for the pruned and the dense input
+    assert (H_sub - H_full).norm() / H_full.norm() < 0.25  # 1/4 of the positions: sampling error only

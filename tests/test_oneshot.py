@@ -229,3 +229,60 @@ def test_everything_excluded_is_a_no_op_at_zero_and_an_error_above():
     assert global_sparsity(model) == 0.0
     with pytest.raises(ValueError, match="unreachable"):
         prune_oneshot(model, 0.1, exclude=(".",))
+
+
+def test_sweep_validates_dense_once_and_shares_pruning_with_recal(tmp_path):
+    """'global' and 'global+recal' come from one pruning per level; level 0 is validated once for all methods."""
+    from utils.sparsity.pipeline import OneShot, sweep_methods
+    from utils.sparsity.sweep import merge, read_csv, write_csv
+
+    torch.manual_seed(2)
+    calib = [torch.rand(2, 3, 16, 16) for _ in range(2)]
+    seen: list[tuple[float, float]] = []
+
+    def validate(m: nn.Module) -> dict:  # a fake metric: falls with sparsity, rises when BN stats were re-estimated
+        s = global_sparsity(m)
+        recal = float(m.model[1].bn.momentum == 0.1 and not torch.equal(m.model[1].bn.running_var, ref_var))
+        seen.append((s, recal))
+        return {"precision": 1 - s, "recall": 1 - s, "map50": 1 - s + 0.01 * recal, "map": (1 - s) / 2}
+
+    model = TinyYolo()
+    ref_var = model.model[1].bn.running_var.clone()
+    shots = [OneShot.parse(spec, calibration=calib) for spec in ("global", "global+recal", "layerwise")]
+    rows_seen: list[int] = []
+    res = sweep_methods(model, [0.0, 0.3, 0.6], validate, shots, on_row=lambda r: rows_seen.append(len(r)))
+    assert len(seen) == 1 + 3 * 2  # dense once, then 3 labels x 2 levels
+    assert set(res) == {"global", "global+recal", "layerwise"}
+    for label, rows in res.items():
+        assert [r["target"] for r in rows] == [0.0, 0.3, 0.6] and rows[0]["rel_map50"] == 1.0
+        assert [round(r["sparsity"], 2) for r in rows] == [0.0, 0.3, 0.6]
+        assert all(r["prune_s"] >= 0 for r in rows)
+    assert res["global+recal"][1]["map50"] > res["global"][1]["map50"]  # recal ran on the shared pruned model
+    assert global_sparsity(model) == 0.0  # the input model is never pruned
+    # one process per method or range of levels, merged: rows joined, sorted by level, rel_map50 against dense
+    a = write_csv({"global": res["global"][2:]}, tmp_path / "a.csv")
+    b = write_csv({"layerwise": res["layerwise"], "global": res["global"][:2]}, tmp_path / "b.csv")
+    csv_file, png = merge([a, b], tmp_path / "m")
+    merged = read_csv(csv_file)
+    assert set(merged) == {"global", "layerwise"} and png.stat().st_size > 10_000
+    assert [r["target"] for r in merged["global"]] == [0.0, 0.3, 0.6]
+    assert merged["global"][2]["rel_map50"] == pytest.approx(res["global"][2]["rel_map50"], abs=1e-4)
+
+
+def test_bn_recalibrate_eval_uses_pooled_eval_mode_inputs():
+    """Stats are those of the inputs each BN sees at inference: first BN exactly, deeper ones after two passes."""
+    from utils.sparsity.oneshot import bn_recalibrate_eval
+
+    model = TinyYolo()
+    torch.manual_seed(4)
+    batches = [torch.rand(2, 3, 16, 16) for _ in range(3)]
+    assert bn_recalibrate_eval(model, batches, passes=3) == 3 and not model.training
+    x = torch.cat(batches)
+    with torch.no_grad():
+        y0 = model.model[0].conv(x)
+        y1 = model.model[1].conv(model.model[0](x))  # with the re-estimated first BN, in eval mode
+    for bn, y in ((model.model[0].bn, y0), (model.model[1].bn, y1)):
+        assert torch.allclose(bn.running_mean, y.mean(dim=(0, 2, 3)), atol=1e-5)
+        assert torch.allclose(bn.running_var, y.transpose(0, 1).flatten(1).var(1), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="no image batches"):
+        bn_recalibrate_eval(model, [])

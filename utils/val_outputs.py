@@ -81,8 +81,8 @@ def run_sweep(eng, loader, names: list[str], levels: list[float], methods: list[
               mask_type: str = "unstructured", sensitivity_table: str | None = None, **eval_kw) -> dict:
     """--sparsity: table per method, sparsity_map.csv/png; needs the torch engine (pruning edits weights)."""
     from utils.evaluate import evaluate
-    from utils.sparsity.pipeline import calibration_for, sensitivity_table as measure_table, sweep
-    from utils.sparsity.sweep import format_table, save_sweep
+    from utils.sparsity.pipeline import calibration_for, sensitivity_table as measure_table, sweep_methods
+    from utils.sparsity.sweep import format_table, save_sweep, write_csv
 
     if eng.name != "torch":
         raise ValueError(f"--sparsity prunes weights and needs a .pt model; {eng.file} runs on {eng.name}")
@@ -94,10 +94,10 @@ def run_sweep(eng, loader, names: list[str], levels: list[float], methods: list[
     table = next((s.table for s in shots if s.table is not None), None)
     if table is None and any(s.method == "obc" for s in shots):
         table = measure_table(model, calibration)  # once per sweep: every level and obc variant reuses it
-    results = {}
     for shot in shots:
         shot.calibration, shot.table = calibration, shot.table or table
-        results[shot.label] = sweep(model, levels, lambda m: evaluate(m, loader, names, plots=False, **eval_kw), shot)
+    results = sweep_methods(model, levels, lambda m: evaluate(m, loader, names, plots=False, **eval_kw), shots,
+                            on_row=lambda res: write_csv(res, save_dir / "sparsity_map.csv"))
     for label, rows in results.items():
         LOGGER.info(f"\nmAP against global sparsity, one-shot '{label}'\n" + format_table(rows))
     csv_file, png = save_sweep(results, save_dir)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Callable
@@ -19,6 +20,7 @@ from torch import nn
 from .calibration import as_float
 from .measure import all_param_sparsity, global_sparsity
 from .oneshot import bn_recalibrate, prune_oneshot
+from .sweep import sparsity_header
 
 LOGGER = logging.getLogger("yolov5-sparse")
 METHODS = ("layerwise", "global", "obc")
@@ -55,6 +57,13 @@ class OneShot:
 
     def __call__(self, model: nn.Module, sparsity: float) -> nn.Module:
         """Prune `model` in place to `sparsity` (fraction of zeros over prunable weights)."""
+        self.prune_only(model, sparsity)
+        if self.recal and sparsity > 0:
+            self.recalibrate(model)
+        return model
+
+    def prune_only(self, model: nn.Module, sparsity: float) -> nn.Module:
+        """The pruning step alone (no BN re-calibration), so a sweep can share it between X and X+recal."""
         if self.needs_calibration() and not self.calibration:
             raise ValueError(f"one-shot '{self.label}' needs calibration images; pass a dataset yaml with images")
         if self.block4 and self.method != "obc":
@@ -65,8 +74,11 @@ class OneShot:
             self._obc(model, sparsity)
         else:
             prune_oneshot(model, sparsity, method=self.method, exclude=self.exclude)
-        if self.recal:
-            bn_recalibrate(model, self.calibration, self.recal_batches or len(self.calibration))
+        return model
+
+    def recalibrate(self, model: nn.Module) -> nn.Module:
+        """Re-estimate BatchNorm statistics on the calibration images."""
+        bn_recalibrate(model, self.calibration, self.recal_batches or len(self.calibration))
         return model
 
     def _obc(self, model: nn.Module, sparsity: float) -> None:
@@ -91,28 +103,100 @@ def sensitivity_table(model: nn.Module, calibration: Sequence[torch.Tensor], exc
     """
     from .sensitivity import layer_sensitivity, table_from_rows
 
-    subset = torch.cat(list(calibration))[:images]  # one batch: fewer, larger forwards for the many re-runs
-    if subset.shape[-1] > imgsz:
-        subset = F.interpolate(as_float(subset), size=(imgsz, imgsz), mode="area")
-    LOGGER.info(f"obc: measuring per-layer sensitivity on {len(subset)} calibration images (reused for every level)")
-    return table_from_rows(layer_sensitivity(copy.deepcopy(model), [subset], exclude=exclude, probe=probe))
+    subset = table_batches(calibration, images, imgsz)
+    LOGGER.info(f"obc: measuring per-layer sensitivity on {sum(len(b) for b in subset)} calibration images "
+                "(reused for every level)")
+    return table_from_rows(layer_sensitivity(copy.deepcopy(model), subset, exclude=exclude, probe=probe))
+
+
+def table_batches(calibration: Sequence[torch.Tensor], images: int, imgsz: int, stride: int = 32) -> list:
+    """About `images` calibration images with their long side shrunk to imgsz, as few forwards as possible.
+
+    Square batches: the first `images` as one batch. Rectangular ones (sorted by aspect ratio): whole batches spread
+    over the set, so both landscape and portrait pictures are measured.
+    """
+    if len({tuple(b.shape[1:]) for b in calibration}) == 1:
+        one = torch.cat(list(calibration))[:images]
+        return [F.interpolate(as_float(one), size=(imgsz, imgsz), mode="area") if one.shape[-1] > imgsz else one]
+    per = max(len(calibration[0]), 1)
+    n = min(len(calibration), -(-images // per))
+    picks = sorted({round(i * (len(calibration) - 1) / max(n - 1, 1)) for i in range(n)})
+    out, left = [], images
+    for i in picks:
+        b = as_float(calibration[i][:left])
+        r = imgsz / max(b.shape[-2:])
+        if r < 1:  # multiples of the stride keep YOLOv5's Concat shapes aligned
+            size = tuple(max(stride, round(x * r / stride) * stride) for x in b.shape[-2:])
+            b = F.interpolate(b, size=size, mode="area")
+        out.append(b)
+        left -= len(b)
+    return out
+
+
+def _row(level: float, m: nn.Module, r: dict, seconds: float) -> dict:
+    """One sweep row with the columns of utils.sparsity.sweep; prune_s is the one-shot step's wall time."""
+    return {"target": level, "sparsity": global_sparsity(m), "sparsity_all_params": all_param_sparsity(m),
+            "precision": r["precision"], "recall": r["recall"], "map50": r["map50"], "map": r["map"],
+            "prune_s": seconds}
+
+
+def _variants(model: nn.Module, level: float, shots: Sequence[OneShot]):
+    """Yield (shot, pruned model, seconds) for shots sharing one method: prune once, re-calibrate for +recal last.
+
+    'obc' and 'obc+recal' differ only in the BN step, so the (slow) reconstruction runs once per level.
+    """
+    m, t0 = copy.deepcopy(model), time.perf_counter()
+    shots[0].prune_only(m, level)
+    seconds = time.perf_counter() - t0
+    for shot in sorted(shots, key=lambda s: s.recal):
+        if shot.recal:
+            t1 = time.perf_counter()
+            shot.recalibrate(m)
+            seconds += time.perf_counter() - t1
+        LOGGER.info(f"\nPruning {shot.label}: target {level:.2f} -> {sparsity_header(m)} ({seconds:.1f}s)")
+        yield shot, m.eval(), seconds
+
+
+def _fused(m: nn.Module) -> nn.Module:
+    """A BN-folded copy to validate (like val.py's dense path); the pruned model itself stays unfused."""
+    fuse = getattr(m, "fuse", None)
+    return copy.deepcopy(m).fuse().eval() if callable(fuse) else m
+
+
+def sweep_methods(model: nn.Module, levels: Sequence[float], validate: Callable[[nn.Module], dict],
+                  shots: Sequence[OneShot], on_row: Callable[[dict], None] | None = None) -> dict[str, list[dict]]:
+    """{label: rows}, one row per level; the dense model is validated once and each method pruned once per level.
+
+    on_row(results) is called after every new row (val.py rewrites its CSV so a long sweep leaves partial results).
+    """
+    results: dict[str, list[dict]] = {s.label: [] for s in shots}
+    groups: dict[tuple, list[OneShot]] = {}
+    for s in shots:
+        groups.setdefault((s.method, s.block4), []).append(s)
+    dense_row = None
+    for group in groups.values():
+        for level in levels:
+            if level <= 0:
+                if dense_row is None:
+                    m = copy.deepcopy(model).eval()
+                    dense_row = _row(0.0, m, validate(_fused(m)), 0.0)
+                for s in group:
+                    results[s.label].append(dict(dense_row, target=level))
+            else:
+                for s, m, seconds in _variants(model, level, group):
+                    results[s.label].append(_row(level, m, validate(_fused(m)), seconds))
+            if on_row:
+                on_row(results)
+    for rows in results.values():
+        base = rows[0]["map50"] or 1.0 if rows else 1.0
+        for row in rows:
+            row["rel_map50"] = row["map50"] / base
+    return results
 
 
 def sweep(model: nn.Module, levels: Sequence[float], validate: Callable[[nn.Module], dict], prune: OneShot) -> list:
-    """One row per level with the columns of utils.sparsity.sweep (so its table, CSV and plot apply unchanged)."""
-    from .sweep import sparsity_header
-
-    rows = []
-    for level in levels:
-        m = prune(copy.deepcopy(model), level)
-        LOGGER.info(f"\nPruning {prune.label}: target {level:.2f} -> {sparsity_header(m)}")
-        r = validate(m.eval())
-        rows.append({"target": level, "sparsity": global_sparsity(m), "sparsity_all_params": all_param_sparsity(m),
-                     "precision": r["precision"], "recall": r["recall"], "map50": r["map50"], "map": r["map"]})
-    base = rows[0]["map50"] or 1.0
-    for row in rows:
-        row["rel_map50"] = row["map50"] / base
-    return rows
+    """Rows of one method (see sweep_methods)."""
+    return sweep_methods(model, levels, validate, [prune])[prune.label]
 
 
 def calibration_for(data: dict | str, imgsz: int, images: int = 128, batch_size: int = 8) -> list[torch.Tensor]:
