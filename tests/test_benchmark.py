@@ -176,6 +176,9 @@ def test_end_to_end_run_writes_csv_json_png(tiny_model, tmp_path, monkeypatch):
     assert {"cpu", "cores", "cores_used", "isa", "versions"} <= js["machine"].keys()
     assert "foreign CPU load" in js["method"] and "trained weight values" in js["method"]
     assert (save / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (save / "results.md").read_text().splitlines()  # the README tables: variant x engine per batch size
+    assert md[0].startswith("Batch 1 (latency)") and md[2].startswith("| variant | ")
+    assert sum(line.startswith("| yolov5n ") for line in md) == 2 and "(1.00x)" in md[4]
     pruned = [r for r in rows if "pruned50" in r["variant"]]
     assert len(pruned) == 2 and pruned[0]["sparsity"] == pytest.approx(0.5, abs=1e-3)
 

@@ -72,6 +72,30 @@ def format_table(rows: list[dict], baseline: str) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(rows: list[dict], baseline: str) -> str:
+    """README tables: per batch size, variant x engine cells 'items/s (ratio)', plus each row's pre+post share."""
+    out = []
+    engines = list(dict.fromkeys(r["engine"] for r in rows))
+    for bs in sorted({r["batch_size"] for r in rows}):
+        sub = [r for r in rows if r["batch_size"] == bs and r["scenario"] == "sync"]
+        out += [f"Batch {bs} ({'latency' if bs == 1 else 'throughput'}): items/s end to end (ratio to {baseline}); "
+                "last column: pre- + post-processing share of the fastest engine's time", "",
+                "| variant | " + " | ".join(engines) + " | pre+post |", "|---" * (len(engines) + 2) + "|"]
+        for variant in dict.fromkeys(r["variant"] for r in sub):
+            cells, best = [], None
+            for e in engines:
+                r = next((x for x in sub if x["variant"] == variant and x["engine"] == e), None)
+                if r is None or r["status"] != "ok":
+                    cells.append("n/a" if r is not None and r["status"] == "n/a" else "-")
+                    continue
+                cells.append(f"{r['items_per_sec']:.2f} ({_fmt(r.get('ratio'), '.2f')}x)")
+                best = r if best is None or r["items_per_sec"] > best["items_per_sec"] else best
+            share = f"{(best['pre_ms'] + best['post_ms']) / best['ms_mean']:.0%}" if best else "-"
+            out.append(f"| {variant} | " + " | ".join(cells) + f" | {share} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def _round(v: Any) -> Any:
     return round(v, 4) if isinstance(v, float) and not math.isnan(v) else v
 
@@ -139,10 +163,19 @@ def collect_warnings(rows: list[dict], machine: dict) -> list[str]:
 
 
 def write_outputs(report: dict[str, Any], save_dir: Path, log: Callable[[str], None] = print) -> None:
-    """Table on stdout, then results.csv, results.json and benchmark.png in the run folder."""
+    """Table on stdout, then results.csv, results.json, benchmark.png and results.md (README tables)."""
     log("\n" + format_table(report["rows"], report["baseline"]))
     for line in report["warnings"] + [f"Note: {n}" for n in report["notes"]]:
         log(line)
+    md = save_dir / "results.md"
+    md.write_text(format_markdown(report["rows"], report["baseline"]), encoding="utf-8")
     files = [write_csv(report["rows"], save_dir / "results.csv"), write_json(report, save_dir / "results.json"),
-             plot_bars(report["rows"], save_dir / "benchmark.png")]
+             plot_bars(report["rows"], save_dir / "benchmark.png"), md]
     log(f"Results saved to {save_dir} ({', '.join(f.name for f in files)})")
+
+
+if __name__ == "__main__":  # python -m utils.benchmark.report runs/benchmark/exp/results.json: README tables again
+    import sys
+
+    saved = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
+    print(format_markdown(saved["rows"], saved["baseline"]))
