@@ -78,6 +78,8 @@ def test_onnxruntime_matches_torch_on_real_image(onnx_static, bus_batch, torch_p
     pred = load_engine(onnx_static, engine="onnxruntime", num_threads=1)(bus_batch)
     assert pred.dtype == np.float32 and pred.shape == (1, 3 * (20 * 20 + 10 * 10 + 5 * 5), 85)
     assert close(pred, torch_pred)
+    opts = load_engine(onnx_static, engine="onnxruntime").session.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"  # idle threads leave NMS the cores
 
 
 def test_uint8_and_float_batches_agree(onnx_static, bus_batch):
