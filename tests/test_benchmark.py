@@ -127,6 +127,19 @@ def test_built_models_send_a_trained_like_number_of_boxes_to_nms():
     assert 50 <= passing <= 150
 
 
+def test_onnxruntime_profile_sums_node_time_per_yolov5_layer(tiny_model, tmp_path):
+    """python -m utils.benchmark.profile: per-layer ms from ORT's own profiler, warm-up runs excluded."""
+    from utils.benchmark.profile import format_layers, layer_of, profile_onnxruntime
+
+    onnx_file = variants.fp32_exporter(13)(copy.deepcopy(tiny_model), tmp_path / "t.onnx", IMG, 1)
+    prof = profile_onnxruntime(onnx_file, runs=3)
+    assert prof["total"] > 0 and {"model.0", "model.24"} <= prof.keys()
+    assert prof["total"] == pytest.approx(sum(v for k, v in prof.items() if k != "total"))
+    assert layer_of("/model/model.17/cv3/conv/Conv_output_0_nchwc_kernel_time") == "model.17"
+    table = format_layers({"tiny": prof})
+    assert table.splitlines()[-1].startswith("| total | ") and "| model.0 | " in table
+
+
 def test_machine_report_fields(tmp_path):
     rep = machine.machine_report()
     assert rep["cpu"] and rep["cores"]["logical"] >= 1 and rep["cores_used"] >= 1
