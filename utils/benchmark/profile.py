@@ -24,14 +24,10 @@ def layer_of(node_name: str) -> str:
 
 def profile_onnxruntime(path: str | Path, runs: int = 10, warmup: int = 2, threads: int | None = None) -> dict:
     """{layer: ms per run} from ORT's profiler (same session settings as our engine), plus 'total'."""
-    import onnxruntime as ort
+    from utils.engines.onnxruntime_engine import import_onnxruntime, session_options
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        opts.intra_op_num_threads = threads
+    ort = import_onnxruntime()
+    opts = session_options(threads)
     opts.enable_profiling = True
     opts.profile_file_prefix = os.path.join(tempfile.gettempdir(), f"{Path(path).stem}_ortprofile")  # removed after
     session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])

@@ -23,6 +23,20 @@ def import_onnxruntime():
     return onnxruntime
 
 
+
+def session_options(num_threads: int | None = None):
+    """The session settings every ORT run here uses (engine, profiler), so timings of both describe one setup."""
+    ort = import_onnxruntime()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.inter_op_num_threads = 1  # one graph branch at a time; the threads go to intra-op work
+    # idle threads sleep instead of spinning: spinning stole the cores from our NMS and pre-processing (yolov5s
+    # 640 b1 on 2 cores, end to end: 133 -> 116 ms; NMS 11 -> 3 ms; the engine call itself 118 -> 104 ms)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if num_threads:
+        opts.intra_op_num_threads = int(num_threads)
+    return opts
+
 class OnnxRuntimeEngine(Engine):
     """ONNX file on the CPU execution provider with all graph optimisations on."""
 
@@ -32,14 +46,7 @@ class OnnxRuntimeEngine(Engine):
         ort = import_onnxruntime()
         if self.device != "cpu":
             raise EngineUnavailable(f"onnxruntime engine: this build runs on CPU only, got device={self.device!r}")
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.inter_op_num_threads = 1  # one graph branch at a time; the threads go to intra-op work
-        # idle threads sleep instead of spinning: spinning stole the cores from our NMS and pre-processing (yolov5s
-        # 640 b1 on 2 cores, end to end: 133 -> 116 ms; NMS 11 -> 3 ms; the engine call itself 118 -> 104 ms)
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if self.num_threads:
-            opts.intra_op_num_threads = int(self.num_threads)
+        opts = session_options(self.num_threads)
         self.file = str(path)
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         self._read_io()
