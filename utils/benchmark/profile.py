@@ -72,4 +72,12 @@ if __name__ == "__main__":
     ap.add_argument("--runs", type=int, default=10, help="profiled runs after 2 warm-up runs")
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: ORT's)")
     a = ap.parse_args()
-    print(format_layers({Path(f).stem: profile_onnxruntime(f, a.runs, threads=a.threads) for f in a.onnx}))
+    from utils.cli import exit_on_user_error
+    from utils.engines import check_onnx_file
+
+    with exit_on_user_error():  # a missing or non-ONNX file: one line naming it
+        for f in a.onnx:
+            if not Path(f).is_file():
+                raise FileNotFoundError(f"{f}: ONNX file not found; export one with `python export.py --weights x.pt`")
+            check_onnx_file(f)
+        print(format_layers({Path(f).stem: profile_onnxruntime(f, a.runs, threads=a.threads) for f in a.onnx}))

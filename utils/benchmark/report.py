@@ -177,5 +177,11 @@ def write_outputs(report: dict[str, Any], save_dir: Path, log: Callable[[str], N
 if __name__ == "__main__":  # python -m utils.benchmark.report runs/benchmark/exp/results.json: README tables again
     import sys
 
-    saved = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
-    print(format_markdown(saved["rows"], saved["baseline"]))
+    from utils.cli import exit_on_user_error
+
+    with exit_on_user_error():  # a missing or foreign file: one line, not a traceback
+        if len(sys.argv) != 2 or not Path(sys.argv[1]).is_file():
+            raise FileNotFoundError(f"usage: python -m utils.benchmark.report runs/benchmark/exp/results.json "
+                                    f"(got {sys.argv[1:]})")
+        saved = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
+        print(format_markdown(saved["rows"], saved["baseline"]))

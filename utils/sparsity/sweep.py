@@ -119,5 +119,8 @@ if __name__ == "__main__":  # python -m utils.sparsity.sweep a/sparsity_map.csv 
     p.add_argument("--title", default="one-shot pruning", help="plot title")
     p.add_argument("--targets", default="", help="sparsity:mAP50-95 pairs drawn as crosses, e.g. 0.3:0.317,0.5:0.264")
     opt = p.parse_args()
-    marks = dict(tuple(float(v) for v in pair.split(":")) for pair in opt.targets.split(",") if pair)
-    print(*merge(opt.csv, opt.out, opt.title, marks), sep="\n")
+    from utils.cli import exit_on_user_error
+
+    with exit_on_user_error():  # missing or empty CSV, bad --targets: one line
+        marks = dict(tuple(float(v) for v in pair.split(":")) for pair in opt.targets.split(",") if pair)
+        print(*merge(opt.csv, opt.out, opt.title, marks), sep="\n")
