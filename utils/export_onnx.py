@@ -276,13 +276,12 @@ def load_image_batch(path: Path, imgsz: tuple[int, int]) -> np.ndarray:
     """BGR file -> letterboxed (no auto padding) float32 NCHW RGB batch of one, the way detect feeds engines."""
     import cv2
 
-    from utils.augmentations import letterbox
+    from utils.augmentations import letterbox, to_blob
 
     im = cv2.imread(str(path))
     if im is None:
         raise FileNotFoundError(f"{path}: cannot read image")
-    im = letterbox(im, imgsz, auto=False)[0]
-    return np.ascontiguousarray(im[:, :, ::-1].transpose(2, 0, 1)[None], dtype=np.float32) / 255.0
+    return to_blob([letterbox(im, imgsz, auto=False)[0]])
 
 
 def file_size(path: Path, compress: bool = True) -> tuple[int, int | None]:

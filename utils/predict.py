@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from utils.augmentations import letterbox
+from utils.augmentations import letterbox, to_blob
 from utils.boxes import scale_boxes
 from utils.engines.base import Engine
 from utils.nms import non_max_suppression
@@ -47,10 +47,9 @@ class Predictor:
         boxes_meta, batch = [], []
         for im0 in images:
             im, ratio, pad = letterbox(im0, shape, auto=auto, stride=self.engine.stride)
-            batch.append(im[:, :, ::-1].transpose(2, 0, 1))
+            batch.append(im)
             boxes_meta.append((im.shape[:2], im0.shape[:2], (ratio, pad)))
-        x = np.ascontiguousarray(np.stack(batch)).astype(np.float32) / 255.0
-        return x, boxes_meta
+        return to_blob(batch), boxes_meta
 
     def postprocess(self, pred: np.ndarray, meta: list[tuple]) -> list[np.ndarray]:
         """NMS, then undo the letterbox: (n, 6) x1 y1 x2 y2 conf cls in original pixels per image."""

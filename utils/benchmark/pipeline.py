@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.augmentations import letterbox
+from utils.augmentations import letterbox, to_blob
 from utils.engines.base import Engine
 from utils.predict import Predictor
 
@@ -58,9 +58,9 @@ class Pipeline:
         batch, meta = [], []
         for im0 in images:
             im, ratio, pad = letterbox(im0, self.imgsz, auto=False, stride=self.engine.stride)
-            batch.append(im[:, :, ::-1].transpose(2, 0, 1))
+            batch.append(im)
             meta.append((im.shape[:2], im0.shape[:2], (ratio, pad)))
-        return np.ascontiguousarray(np.stack(batch), dtype=np.float32) / 255.0, meta
+        return to_blob(batch), meta
 
     def __call__(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], tuple[float, float, float]]:
         """Detections per image and (pre, engine, post) milliseconds for this one batch."""
