@@ -54,12 +54,12 @@ def run(data: str = "data/coco128.yaml", weights: str = "yolov5n.pt", batch_size
         channel_importance: str = "bn") -> dict | list:
     """Validate once (or once per sparsity level and method); returns the metrics dict written to metrics.json."""
     data_dict = check_dataset(data)
-    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
     source = weights = resolve_weights(weights, engine)
     if channel_prune:  # one-shot structured pruning of the checkpoint, then validate it like any model
         from utils.sparsity.channel.cli import pruned_model
         source = pruned_model(weights, channel_prune, channel_importance, data_dict, imgsz, calib_images)
     eng = load_engine(source, engine, batch_size=batch_size, imgsz=imgsz, device=device)
+    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)  # only once the weights load
     imgsz = eng.imgsz[0] if eng.imgsz else check_img_size(imgsz, s=eng.stride)
     names = data_dict["names"]
     if sensitivity:

@@ -404,3 +404,16 @@ def test_load_images_errors(tmp_path):
     bad_video.write_text("not a video")
     with pytest.raises(DatasetError, match=f"cannot open video {bad_video}"):
         list(LoadImages(bad_video))
+
+
+def test_load_images_skips_unreadable_image_and_goes_on(tmp_path, bus_jpg, caplog):
+    """One corrupt file in a folder is warned about by name and skipped; the good images are still detected."""
+    import shutil
+    shutil.copy(bus_jpg, tmp_path / "a_bus.jpg")
+    (tmp_path / "b_broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    shutil.copy(bus_jpg, tmp_path / "c_bus.jpg")
+    with caplog.at_level("WARNING"):
+        items = list(LoadImages(tmp_path, img_size=160))
+    assert [Path(p).name for p, *_ in items] == ["a_bus.jpg", "c_bus.jpg"]
+    assert items[1][4] == f"image 3/3 {tmp_path / 'c_bus.jpg'}: "
+    assert any("skipping" in r.message and "b_broken.jpg" in r.message for r in caplog.records)

@@ -396,28 +396,39 @@ class LoadImages:
         self.mode = "image"
         self.cap: cv2.VideoCapture | None = None
         self.frame = self.frames = 0
-        self.count = 0
+        self.count, self.skipped = 0, []
 
     def __iter__(self) -> LoadImages:
-        self.count = 0
+        self.count, self.skipped = 0, []
         return self
 
     def __next__(self) -> tuple[str, np.ndarray, np.ndarray, cv2.VideoCapture | None, str]:
         """(path, letterboxed CHW RGB uint8, original BGR, cap or None, 'image i/n path: ' description)."""
-        if self.count == self.nf:
-            raise StopIteration
-        if self.video_flag[self.count]:
-            path, im0, s = self._next_frame()
-        else:
-            path = self.files[self.count]
-            self.count += 1
-            im0 = cv2.imread(path)
-            if im0 is None:
-                raise DatasetError(f"cannot read image {path}: not a valid image file; remove it or fix it")
-            s = f"image {self.count}/{self.nf} {path}: "
+        im0 = None
+        while im0 is None:  # an unreadable image is skipped with a warning; the rest of the source still runs
+            if self.count == self.nf:
+                if len(self.skipped) == self.nf:
+                    raise DatasetError(f"cannot read image {', '.join(self.skipped[:3])}: no file of the source is a "
+                                       "readable image; fix or remove them")
+                raise StopIteration
+            if self.video_flag[self.count]:
+                path, im0, s = self._next_frame()
+            else:
+                path, im0, s = self._next_image()
         im = letterbox(im0, self.img_size, stride=self.stride, auto=self.auto)[0]
         im = np.ascontiguousarray(im.transpose((2, 0, 1))[::-1])  # HWC BGR -> CHW RGB
         return path, im, im0, self.cap, s
+
+    def _next_image(self) -> tuple[str, np.ndarray | None, str]:
+        """Next image file, or None (warned) when it cannot be decoded."""
+        path = self.files[self.count]
+        self.count += 1
+        im0 = cv2.imread(path)
+        if im0 is None:
+            self.skipped.append(path)
+            LOGGER.warning(f"WARNING ⚠️ skipping {path}: not a readable image file (corrupt or wrong format); "
+                           "fix or remove it")
+        return path, im0, f"image {self.count}/{self.nf} {path}: "
 
     def _next_frame(self) -> tuple[str, np.ndarray, str]:
         """Next (strided) frame of the current video, moving on to the next file when one ends."""
