@@ -87,8 +87,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--channel-prune", nargs="+", type=float, default=None,
                    help="also time channel-pruned copies with these fractions of conv FLOPs removed (e.g. 0.5), "
                         "each with the --sparsity levels on top")
-    p.add_argument("--channel-allocation", choices=["uniform", "global"], default="uniform",
-                   help="channels removed: same fraction per layer, or one global L1 threshold")
+    p.add_argument("--channel-allocation", choices=["uniform", "global", "latency"], default="uniform",
+                   help="channels removed: same fraction per layer, one global L1 threshold, or the uniform fraction "
+                        "scaled by each layer's ONNX Runtime time per MAC (profiled on the dense model)")
     p.add_argument("--quantize", action="store_true", help="add INT8 twins of the built variants (needs an exporter)")
     p.add_argument("--source", type=str, default=None, help="image file/folder (default: shared demo images)")
     p.add_argument("--random", action="store_true", help="random-noise images instead of --source")

@@ -185,6 +185,36 @@ def test_sensitivity_allocation_spares_the_sensitive_group(v5n: DetectionModel) 
         plan_channels(model, budget, allocation="sensitivity")
 
 
+def test_latency_allocation_cuts_slow_layers_more_and_keeps_the_flops_target() -> None:
+    """Layers profiled 2x slower per MAC lose a larger fraction than under uniform allocation; FLOPs still 50%."""
+    from utils.sparsity.channel.latency import group_weights, layer_macs
+
+    model = _randomized("yolov5s.yaml")
+    graph = ChannelGraph(model)
+    macs = layer_macs(graph)
+    assert sum(macs.values()) == pytest.approx(graph.macs())
+    layer_ms = {k: v * (2e-6 if k in ("model.0", "model.2") else 1e-6) for k, v in macs.items()}
+    weights = group_weights(graph, layer_ms)
+    assert weights[graph.by_key["model.2.cv1"].id] == pytest.approx(2 * weights[graph.by_key["model.6.cv1"].id])
+    budget = Budget(flops_target=0.5)
+    plans = {a: plan_channels(model, budget, "l1", a, layer_ms=layer_ms) for a in ("uniform", "latency")}
+    for plan in plans.values():
+        left = graph.macs({graph.by_key[k].id: graph.by_key[k].size - len(v) for k, v in plan.items()}) / graph.macs()
+        assert 0.45 <= left <= 0.5
+    assert len(plans["latency"].get("model.2.cv1", [])) > len(plans["uniform"].get("model.2.cv1", []))
+    assert len(plans["latency"].get("model.0", [])) > len(plans["uniform"].get("model.0", []))
+    with pytest.raises(ValueError, match="profile"):
+        plan_channels(model, Budget(flops_target=0.5), "l1", "latency")
+
+
+def test_latency_allocation_profiles_the_dense_model_with_onnxruntime() -> None:
+    """Without a given profile, channel_prune exports the dense model and times its layers with ONNX Runtime."""
+    model = _randomized("yolov5n.yaml")
+    report = channel_prune(model, flops_target=0.3, allocation="latency", imgsz=128, round_to=8, min_channels=8)
+    assert 0.6 <= report["macs_left"] <= 0.7 and report["channels_removed"] > 0
+    assert model(torch.rand(1, 3, 128, 128))[0].shape == (1, 3 * (16 * 16 + 8 * 8 + 4 * 4), 85)
+
+
 def test_taylor_importance_uses_the_loss(v5n: DetectionModel) -> None:
     from utils.loss import ComputeLoss
     from utils.trainer import load_hyp

@@ -201,7 +201,7 @@ def channel_variants(base: nn.Module, group: str, fractions: list[float], alloca
     out = []
     for f in fractions:
         m = copy.deepcopy(base).eval()
-        rep = channel_prune(m, flops_target=f, importance="l1", allocation=allocation)
+        rep = channel_prune(m, flops_target=f, importance="l1", allocation=allocation, imgsz=calib_size)
         calibrate_bn(m, calib_size)
         tag = f"cp{round(f * 100)}"
         how = f"{source}, {tag}: {1 - rep['macs_left']:.0%} of conv FLOPs removed by channels ({allocation})"

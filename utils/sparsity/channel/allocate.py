@@ -5,7 +5,8 @@ out in blocks of 16 on AVX-512, so 24 channels cost as much as 32; on yolov5s at
 instead of 8 measured 1.67x instead of 1.38x faster in ONNX Runtime; use 8 for AVX2-only CPUs),
 never fewer than `min_channels`, and never below (1 - max_ratio) of the group. 'global' allocation finds one score
 threshold over all groups (scores are normalized per group), 'uniform' removes the same fraction from every group,
-'sensitivity' (channel/sensitivity.py) spends the budget where measured distortion per FLOP is lowest.
+'sensitivity' (channel/sensitivity.py) spends the budget where measured distortion per FLOP is lowest, 'latency'
+(channel/latency.py) scales the uniform fraction by each layer's engine time per MAC.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 from .graph import ChannelGraph
 from .surgery import Plan
 
-ALLOCATIONS = ("global", "uniform", "sensitivity")
+ALLOCATIONS = ("global", "uniform", "sensitivity", "latency")
 
 
 @dataclass
@@ -88,7 +89,7 @@ def _uniform_keep(graph: ChannelGraph, scores: dict[int, torch.Tensor], b: Budge
 
 
 def keep_counts(graph: ChannelGraph, scores: dict[int, torch.Tensor], budget: Budget, mode: str) -> dict[int, int]:
-    """Channels each group keeps ('global' or 'uniform'; 'sensitivity' lives in .sensitivity and needs images)."""
+    """Channels each group keeps ('global' or 'uniform'; 'sensitivity' and 'latency' need images or a profile)."""
     if mode not in ("global", "uniform"):
         raise ValueError(f"unknown channel allocation '{mode}'; choose one of {', '.join(ALLOCATIONS)}")
     goal = target_left(budget)

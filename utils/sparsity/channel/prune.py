@@ -12,6 +12,7 @@ from torch import nn
 from .allocate import Budget, allocate, plan_cost, plan_from_keep, target_left
 from .graph import ChannelGraph
 from .importance import group_scores, taylor_scores
+from .latency import group_weights, profile_layers, weighted_keep
 from .reconstruct import reconstruct
 from .sensitivity import greedy_keep, group_curves
 from .surgery import Plan, kept_outputs, remove_channels
@@ -35,10 +36,11 @@ def _ignored(graph: ChannelGraph, ignore: Sequence[str]) -> None:
 def plan_channels(model: nn.Module, budget: Budget, importance: str = "bn", allocation: str = "global",
                   ignore: Sequence[str] = (), taylor: dict[str, torch.Tensor] | None = None,
                   graph: ChannelGraph | None = None, keep_removed: Plan | None = None,
-                  images: Sequence[torch.Tensor] | None = None) -> Plan:
+                  images: Sequence[torch.Tensor] | None = None, layer_ms: dict[str, float] | None = None) -> Plan:
     """Which channels to remove for the budget; channels in keep_removed stay removed (gradual pruning).
 
     images: calibration batches, needed by allocation='sensitivity' (the first 16 images are used).
+    layer_ms: {'model.N': ms} engine profile of the dense model, needed by allocation='latency'.
     """
     graph = graph or ChannelGraph(model)
     _ignored(graph, ignore)
@@ -47,6 +49,11 @@ def plan_channels(model: nn.Module, budget: Budget, importance: str = "bn", allo
         g = graph.by_key.get(key)
         if g is not None and g.id in scores and chans:
             scores[g.id][torch.as_tensor(chans, dtype=torch.long)] = -1.0
+    if allocation == "latency":
+        if not layer_ms:
+            raise ValueError("allocation 'latency' needs a per-layer profile of the dense model (layer_ms)")
+        weights = group_weights(graph, layer_ms)
+        return plan_from_keep(graph, scores, weighted_keep(graph, scores, budget, target_left(budget), weights))
     if allocation != "sensitivity":
         return allocate(graph, scores, budget, allocation)
     if not images:
@@ -59,12 +66,14 @@ def plan_channels(model: nn.Module, budget: Budget, importance: str = "bn", allo
 def channel_prune(model: nn.Module, flops_target: float | None = None, channel_ratio: float | None = None,
                   importance: str = "bn", allocation: str = "global", compensate: bool = True,
                   ignore: Sequence[str] = (), images: Sequence[torch.Tensor] | None = None,
-                  labelled: Iterable | None = None, loss_fn: Callable | None = None, **limits) -> dict:
+                  labelled: Iterable | None = None, loss_fn: Callable | None = None,
+                  layer_ms: dict[str, float] | None = None, imgsz: int = 640, **limits) -> dict:
     """Remove channels in place for a FLOPs (fraction of conv MACs) or channel-ratio target.
 
     images: unlabeled calibration batches; when given, every conv is refit by least squares to the dense outputs
     (utils.sparsity.channel.reconstruct), which one-shot pruning needs to keep accuracy.
     labelled/loss_fn: batches (imgs, targets) and a loss (utils.loss.ComputeLoss) for importance='taylor'.
+    allocation='latency' weighs groups by ONNX Runtime's time per MAC: layer_ms, else profiled here at imgsz.
     limits: round_to, min_channels, max_ratio (see Budget). Returns a report dict (plan, MACs/params before/after).
     """
     if any(not hasattr(m, "bn") for m in model.modules() if type(m).__name__ == "Conv"):
@@ -76,8 +85,11 @@ def channel_prune(model: nn.Module, flops_target: float | None = None, channel_r
         if labelled is None or loss_fn is None:
             raise ValueError("importance 'taylor' needs labelled calibration batches: pass --data with labels")
         taylor = taylor_scores(model, graph, labelled, loss_fn)
+    if allocation == "latency" and not layer_ms:
+        layer_ms = profile_layers(model, imgsz)
     params0, macs0 = sum(p.numel() for p in model.parameters()), graph.macs()
-    plan = plan_channels(model, budget, importance, allocation, ignore, taylor, graph, images=images)
+    plan = plan_channels(model, budget, importance, allocation, ignore, taylor, graph, images=images,
+                         layer_ms=layer_ms)
     left = plan_cost(graph, plan)
     dense = copy.deepcopy(model) if images else None
     keep, blocks = kept_outputs(model, graph, plan)
