@@ -49,6 +49,11 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                              "<stem>_cpNN.pt); --data refits the pruned layers on its images")
     parser.add_argument("--channel-importance", choices=["bn", "l1", "taylor"], default="bn",
                         help="channel ranking for --channel-prune: BN |gamma|, filter L1, or Taylor (needs --data)")
+    parser.add_argument("--channel-allocation", choices=["global", "uniform", "sensitivity", "latency"],
+                        default="global",
+                        help="how --channel-prune spreads the cut: global (one score threshold), uniform (same "
+                        "fraction per layer), sensitivity (measured on --data images) or latency (more from layers "
+                        "that ONNX Runtime runs slowly per FLOP)")
     return parser.parse_args(argv)
 
 
@@ -56,7 +61,7 @@ def run(weights: str = "yolov5n.pt", imgsz: list[int] | int = (640,), batch_size
         include: list[str] | tuple[str, ...] = ("onnx",), dynamic: bool = False, simplify: bool = False,
         opset: int = DEFAULT_OPSET, sparsity: float = 0.0, prune_method: str = "obc", data: str | None = None,
         calib_images: int = 128, mask_type: str = "unstructured", channel_prune: float = 0.0,
-        channel_importance: str = "bn") -> list[Path]:
+        channel_importance: str = "bn", channel_allocation: str = "global") -> list[Path]:
     """Export and return the written paths (ONNX file first); --sparsity prunes one-shot before exporting."""
     include = tuple(f.lower() for f in include)
     unknown = [f for f in include if f not in FORMATS]
@@ -70,7 +75,8 @@ def run(weights: str = "yolov5n.pt", imgsz: list[int] | int = (640,), batch_size
     prune = export_step(sparsity, prune_method, data, max(hw), calib_images, mask_type) if sparsity else None
     if channel_prune:  # structured first, then --sparsity on the smaller model
         from utils.sparsity.channel.cli import channel_export_step
-        prune = channel_export_step(channel_prune, channel_importance, data, max(hw), calib_images, weights, prune)
+        prune = channel_export_step(channel_prune, channel_importance, data, max(hw), calib_images, weights, prune,
+                                    channel_allocation)
     return export_weights(weights, include, hw, batch_size, dynamic, opset, simplify, device, prune=prune)["files"]
 
 

@@ -51,13 +51,14 @@ def run(data: str = "data/coco128.yaml", weights: str = "yolov5n.pt", batch_size
         mask_type: str = "unstructured", sensitivity: bool = False, sensitivity_levels: list[float] | None = None,
         sensitivity_images: int = 16, sensitivity_table: str | None = None,
         recipe_sparsity: list[float] | None = None, rect: bool | None = None, channel_prune: float = 0.0,
-        channel_importance: str = "bn") -> dict | list:
+        channel_importance: str = "bn", channel_allocation: str = "global") -> dict | list:
     """Validate once (or once per sparsity level and method); returns the metrics dict written to metrics.json."""
     data_dict = check_dataset(data)
     source = weights = resolve_weights(weights, engine)
     if channel_prune:  # one-shot structured pruning of the checkpoint, then validate it like any model
         from utils.sparsity.channel.cli import pruned_model
-        source = pruned_model(weights, channel_prune, channel_importance, data_dict, imgsz, calib_images)
+        source = pruned_model(weights, channel_prune, channel_importance, data_dict, imgsz, calib_images,
+                              channel_allocation)
     eng = load_engine(source, engine, batch_size=batch_size, imgsz=imgsz, device=device)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)  # only once the weights load
     imgsz = eng.imgsz[0] if eng.imgsz else check_img_size(imgsz, s=eng.stride)
@@ -143,6 +144,10 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                         "train images, then validate (.pt weights only)")
     p.add_argument("--channel-importance", choices=["bn", "l1", "taylor"], default="bn",
                    help="channel ranking for --channel-prune: BN |gamma|, filter L1, or Taylor on labelled images")
+    p.add_argument("--channel-allocation", choices=["global", "uniform", "sensitivity", "latency"], default="global",
+                   help="how --channel-prune spreads the cut: global (one score threshold), uniform (same fraction "
+                   "per layer), sensitivity (measured on --data images) or latency (more from layers that ONNX "
+                   "Runtime runs slowly per FLOP)")
     return p.parse_args(argv)
 
 

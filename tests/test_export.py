@@ -145,3 +145,22 @@ def test_match_detections_counts_same_class_overlaps():
     b[0, 2, 5:] = [0.0, 1.0]  # class changed: not a match
     m = match_detections(a, b)
     assert (m["dets_torch"], m["dets_onnx"], m["dets_matched"]) == (3, 3, 2) and abs(m["max_box_px"] - 1) < 1e-5
+
+
+def test_channel_prune_export_with_latency_allocation(tmp_path, yolov5n_pt) -> None:
+    """--channel-prune 0.3 --channel-allocation latency: a smaller .pt and ONNX beside the copied weights; the
+    checkpoint rebuilds its layout and has about 30% fewer conv MACs."""
+    from utils.checkpoint import load_model
+    from utils.sparsity.channel import ChannelGraph
+
+    weights = tmp_path / "yolov5n.pt"
+    shutil.copy(yolov5n_pt, weights)
+    opt = export.parse_opt(["--weights", str(weights), "--img", "128", "--channel-prune", "0.3",
+                            "--channel-allocation", "latency"])
+    files = export.run(**vars(opt))
+    assert files[0] == tmp_path / "yolov5n_cp30.onnx" and files[0].is_file()
+    pruned, dense = load_model(tmp_path / "yolov5n_cp30.pt"), load_model(weights)
+    left = ChannelGraph(pruned).macs() / ChannelGraph(dense).macs()
+    assert 0.6 <= left <= 0.72
+    with pytest.raises(SystemExit):
+        export.parse_opt(["--weights", "a.pt", "--channel-prune", "0.3", "--channel-allocation", "fastest"])
