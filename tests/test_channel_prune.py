@@ -294,6 +294,32 @@ def test_trainer_callback_reshapes_model_before_weights_load(pruned_ckpt) -> Non
     assert trainer.model.model[24].m[0].out_channels == 3 * 8  # nc=3 transfer: Detect outputs follow nc
 
 
+def test_trainer_callback_fine_tunes_soft_masked_checkpoint_as_smaller_model(tmp_path: Path, v5n: DetectionModel,
+                                                                             x: torch.Tensor) -> None:
+    """train.py --weights <recipe run's last.pt>: masked channels are removed before the weights load (same outputs,
+    fewer parameters); with --resume the dense masked layout stays so the recipe can go on."""
+    from types import SimpleNamespace
+
+    from utils.checkpoint import save_checkpoint
+    from utils.sparsity.channel.training import ChannelLayoutCallback
+
+    model = copy.deepcopy(v5n)
+    apply_masks(model, plan_channels(model, Budget(flops_target=0.3)))
+    path = save_checkpoint(tmp_path / "masked.pt", model)
+    for resume in (False, True):
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        trainer = SimpleNamespace(opt=SimpleNamespace(cfg="", weights=str(path)), resume=resume,
+                                  model=DetectionModel(ckpt["yaml"]).eval())
+        ChannelLayoutCallback().on_checkpoint_load(trainer, ckpt)
+        trainer.model.load_state_dict(ckpt["model"], strict=True)
+        n_params = sum(p.numel() for p in trainer.model.parameters())
+        if resume:
+            assert n_params == sum(p.numel() for p in model.parameters()) and MASKS_KEY in trainer.model.yaml
+        else:
+            assert n_params < 0.85 * sum(p.numel() for p in model.parameters()) and MASKS_KEY not in trainer.model.yaml
+        torch.testing.assert_close(_raw(trainer.model, x), _raw(model, x), atol=1e-4, rtol=1e-4)
+
+
 # ------------------------------------------------------------------------------------------ masks, recipes
 def test_soft_masks_become_physical_removal_on_load(tmp_path: Path, v5n: DetectionModel, x: torch.Tensor) -> None:
     from utils.checkpoint import load_model, save_checkpoint
