@@ -328,12 +328,18 @@ def test_corpus_through_train(tmp_path: Path, coco128_dir: Path, yolov5n_pt: Pat
 
 
 # ----------------------------------------------------------------------------------- detect and caches
-def test_detect_names_an_unreadable_image_in_a_folder(yolov5n_pt, bus_jpg, tmp_path, capsys) -> None:
-    """detect stops at the first unreadable image with one line naming it (Ultralytics asserts there)."""
+def test_detect_skips_an_unreadable_image_in_a_folder(yolov5n_pt, bus_jpg, tmp_path, capsys, caplog) -> None:
+    """One unreadable image is skipped with a warning naming it and the rest are detected; only a source with no
+    readable image at all is an error (one line naming the file)."""
     src = tmp_path / "src"
     src.mkdir()
     shutil.copy(bus_jpg, src / "a_bus.jpg")
     (src / "b_broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    with caplog.at_level("WARNING"):
+        code = cli("detect.py", "--weights", yolov5n_pt, "--source", src, "--img", 64, "--project", tmp_path / "runs")
+    assert code == 0 and (tmp_path / "runs/exp/a_bus.jpg").is_file()
+    assert any(str(src / "b_broken.jpg") in r.getMessage() for r in caplog.records)
+    (src / "a_bus.jpg").unlink()
     code = cli("detect.py", "--weights", yolov5n_pt, "--source", src, "--img", 64, "--project", tmp_path / "runs")
     line = one_error_line(capsys)
     assert code == 2 and str(src / "b_broken.jpg") in line

@@ -238,15 +238,3 @@ def test_scale_boxes_in_place_on_view_and_clips() -> None:
     scale_boxes((640, 640), far, (480, 640))
     assert far.tolist() == [[0, 0, 640, 480]]
 
-
-def test_to_blob_matches_numpy_reference(bus_jpg, coco128_dir) -> None:
-    """OpenCV's one-pass blob equals flip BGR->RGB, HWC->CHW, /255 in float32 for real letterboxed photos."""
-    import cv2
-    from utils.augmentations import to_blob
-
-    ims = [letterbox(cv2.imread(str(p)), 320, auto=False)[0]
-           for p in [bus_jpg, sorted((coco128_dir / "images" / "train2017").glob("*.jpg"))[0]]]
-    ref = np.stack([im[:, :, ::-1].transpose(2, 0, 1) for im in ims]).astype(np.float32) / 255.0
-    blob = to_blob(ims)
-    assert blob.dtype == np.float32 and blob.shape == (2, 3, 320, 320) and blob.flags.c_contiguous
-    np.testing.assert_allclose(blob, ref, rtol=0, atol=1e-7)

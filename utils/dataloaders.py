@@ -396,7 +396,8 @@ class LoadImages:
         self.mode = "image"
         self.cap: cv2.VideoCapture | None = None
         self.frame = self.frames = 0
-        self.count, self.skipped = 0, []
+        self.count = 0
+        self.skipped: list[str] = []  # unreadable image files, warned about once each
 
     def __iter__(self) -> LoadImages:
         self.count, self.skipped = 0, []

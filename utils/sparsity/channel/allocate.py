@@ -11,6 +11,7 @@ threshold over all groups (scores are normalized per group), 'uniform' removes t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -76,16 +77,22 @@ def _global_keep(graph: ChannelGraph, scores: dict[int, torch.Tensor], b: Budget
     return keep_at(cands[hi])
 
 
+def bisect_keep(graph: ChannelGraph, b: Budget, goal: float, keep_at: Callable[[float], dict[int, int]],
+                hi: float) -> dict[int, int]:
+    """Keep map at the smallest knob r in [0, hi] that meets the goal (what is left falls as r grows)."""
+    lo = 0.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if _cost(graph, keep_at(mid), b) <= goal else (mid, hi)
+    return keep_at(hi)
+
+
 def _uniform_keep(graph: ChannelGraph, scores: dict[int, torch.Tensor], b: Budget, goal: float) -> dict[int, int]:
     """Same removal fraction r in every group; bisection on r."""
     def keep_at(r: float) -> dict[int, int]:
         return {g: _round_keep(len(s), len(s) * (1.0 - r), b) for g, s in scores.items()}
 
-    lo, hi = 0.0, b.max_ratio
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if _cost(graph, keep_at(mid), b) <= goal else (mid, hi)
-    return keep_at(hi)
+    return bisect_keep(graph, b, goal, keep_at, b.max_ratio)
 
 
 def keep_counts(graph: ChannelGraph, scores: dict[int, torch.Tensor], budget: Budget, mode: str) -> dict[int, int]:

@@ -9,19 +9,20 @@ base fraction is found by bisection so the FLOPs target holds.
 """
 from __future__ import annotations
 
-import copy
+import statistics
 import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .allocate import Budget, _cost, _round_keep
+from .allocate import Budget, _round_keep, bisect_keep
 from .graph import ChannelGraph
 
 
 def _layer(name: str) -> str:
-    return ".".join(name.split(".")[:2])  # 'model.17.cv3.conv' -> 'model.17'
+    """'model.17' for 'model.17.cv3.conv': profiles are summed per top-level layer."""
+    return ".".join(name.split(".")[:2])
 
 
 def layer_macs(graph: ChannelGraph) -> dict[str, float]:
@@ -35,14 +36,16 @@ def layer_macs(graph: ChannelGraph) -> dict[str, float]:
 
 
 def group_weights(graph: ChannelGraph, layer_ms: dict[str, float]) -> dict[int, float]:
-    """Each prunable group's relative time per MAC: its first source layer's ms/MAC over the model's (mean 1)."""
+    """Each prunable group's relative time per MAC (its first source layer's ms/MAC over the mean of the layers that
+    source prunable groups, rounded to 0.1 so profile noise does not change the plan); unprofiled layers get 1."""
     macs = layer_macs(graph)
-    timed = [k for k in macs if layer_ms.get(k, 0) > 0]
+    sources = {_layer(g.sources[0]) for g in graph.prunable()}
+    timed = [k for k in sorted(sources) if layer_ms.get(k, 0) > 0 and macs.get(k, 0) > 0]
     if not timed:
         raise ValueError("latency allocation: the profile names none of the model's layers (model.N)")
     mean = sum(layer_ms[k] for k in timed) / sum(macs[k] for k in timed)
-    per_mac = {k: layer_ms[k] / macs[k] / mean for k in timed}
-    return {g.id: per_mac.get(_layer(g.sources[0]), 1.0) for g in graph.prunable()}
+    per_mac = {k: round(layer_ms[k] / macs[k] / mean, 1) for k in timed}
+    return {g.id: max(per_mac.get(_layer(g.sources[0]), 1.0), 0.1) for g in graph.prunable()}
 
 
 def weighted_keep(graph: ChannelGraph, scores: dict[int, torch.Tensor], b: Budget, goal: float,
@@ -52,19 +55,16 @@ def weighted_keep(graph: ChannelGraph, scores: dict[int, torch.Tensor], b: Budge
         return {g: _round_keep(len(s), len(s) * (1.0 - min(b.max_ratio, r * weights.get(g, 1.0))), b)
                 for g, s in scores.items()}
 
-    lo, hi = 0.0, b.max_ratio * 4
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if _cost(graph, keep_at(mid), b) <= goal else (mid, hi)
-    return keep_at(hi)
+    return bisect_keep(graph, b, goal, keep_at, b.max_ratio / min([*weights.values(), 1.0]))
 
 
-def profile_layers(model: nn.Module, imgsz: int = 640, runs: int = 10) -> dict[str, float]:
-    """ONNX Runtime's per-layer ms of this (dense, unfused) model at batch 1: exported to a temp file and profiled."""
+def profile_layers(model: nn.Module, imgsz: int = 640, runs: int = 10, repeats: int = 3) -> dict[str, float]:
+    """ONNX Runtime's per-layer ms of this (dense, unfused) model at batch 1, the median of `repeats` profiles."""
     from utils.benchmark.profile import profile_onnxruntime
     from utils.export_onnx import export_onnx, prepare_model
 
     with tempfile.TemporaryDirectory() as tmp:
         f = Path(tmp) / "dense.onnx"
-        export_onnx(prepare_model(copy.deepcopy(model).eval()), f, imgsz, 1)
-        return profile_onnxruntime(f, runs=runs)
+        export_onnx(prepare_model(model), f, imgsz, 1)  # prepare_model works on an eval copy
+        profiles = [profile_onnxruntime(f, runs=runs) for _ in range(repeats)]
+    return {k: float(statistics.median(p.get(k, 0.0) for p in profiles)) for k in profiles[0]}

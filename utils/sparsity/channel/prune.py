@@ -98,7 +98,7 @@ def channel_prune(model: nn.Module, flops_target: float | None = None, channel_r
     report = {"plan": plan, "macs_left": left, "params_before": params0, "refit_convs": refit,
               "params_after": sum(p.numel() for p in model.parameters()), "conv_macs_before": macs0,
               "groups": len(graph.groups), "groups_pruned": sum(1 for v in plan.values() if v),
-              "channels_removed": sum(len(v) for v in plan.values())}
+              "channels_removed": sum(len(v) for v in plan.values()), "layer_ms": layer_ms}
     LOGGER.info(f"channel pruning ({importance}, {allocation}): removed {report['channels_removed']} channels in "
                 f"{report['groups_pruned']}/{report['groups']} groups; conv MACs {1 - left:.1%} lower, parameters "
                 f"{report['params_before']:,} -> {report['params_after']:,}"
