@@ -203,9 +203,9 @@ def test_latency_allocation_cuts_slow_layers_more_and_keeps_the_flops_target() -
         group_weights(graph, {"model.99": 1.0})
     budget = Budget(flops_target=0.5)
     plans = {a: plan_channels(model, budget, "l1", a, layer_ms=layer_ms) for a in ("uniform", "latency")}
-    for plan in plans.values():
+    for name, plan in plans.items():
         left = graph.macs({graph.by_key[k].id: graph.by_key[k].size - len(v) for k, v in plan.items()}) / graph.macs()
-        assert 0.45 <= left <= 0.5
+        assert (0.48 if name == "latency" else 0.45) <= left <= 0.5, name  # latency gives back rounding overshoot
     assert len(plans["latency"].get("model.2.cv1", [])) > len(plans["uniform"].get("model.2.cv1", []))
     assert len(plans["latency"].get("model.0", [])) > len(plans["uniform"].get("model.0", []))
     with pytest.raises(ValueError, match="profile"):

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .allocate import Budget, _round_keep, bisect_keep
+from .allocate import Budget, _cost, _round_keep, bisect_keep
 from .graph import ChannelGraph
 
 
@@ -55,7 +55,21 @@ def weighted_keep(graph: ChannelGraph, scores: dict[int, torch.Tensor], b: Budge
         return {g: _round_keep(len(s), len(s) * (1.0 - min(b.max_ratio, r * weights.get(g, 1.0))), b)
                 for g, s in scores.items()}
 
-    return bisect_keep(graph, b, goal, keep_at, b.max_ratio / min([*weights.values(), 1.0]))
+    keep = bisect_keep(graph, b, goal, keep_at, b.max_ratio / min([*weights.values(), 1.0]))
+    return _give_back(graph, scores, b, goal, keep, weights)
+
+
+def _give_back(graph: ChannelGraph, scores: dict[int, torch.Tensor], b: Budget, goal: float, keep: dict[int, int],
+               weights: dict[int, float]) -> dict[int, int]:
+    """Return channel steps, cheapest-per-MAC layers first, while the goal still holds: 16-channel rounding otherwise
+    overshoots the FLOPs target by several percent (yolov5s at 0.5: 54% removed instead of 50%)."""
+    for g in sorted(keep, key=lambda g: (weights.get(g, 1.0), g)):
+        while keep[g] < len(scores[g]):
+            trial = {**keep, g: min(keep[g] + b.round_to, len(scores[g]))}
+            if _cost(graph, trial, b) > goal:
+                break
+            keep = trial
+    return keep
 
 
 def profile_layers(model: nn.Module, imgsz: int = 640, runs: int = 10, repeats: int = 3) -> dict[str, float]:
