@@ -23,6 +23,7 @@ if str(ROOT) not in sys.path:
 import utils  # noqa: E402,F401  (sets NM_DISABLE_ANALYTICS before any Neural Magic import)
 from utils.checkpoint import resolve_weights  # noqa: E402
 from utils.export_onnx import DEFAULT_OPSET, export_weights  # noqa: E402
+from utils.sparsity.channel.allocate import ALLOCATIONS  # noqa: E402
 from utils.sparsity.pipeline import METHOD_CHOICES, export_step  # noqa: E402
 
 FORMATS = ("onnx", "openvino")
@@ -49,7 +50,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                              "<stem>_cpNN.pt); --data refits the pruned layers on its images")
     parser.add_argument("--channel-importance", choices=["bn", "l1", "taylor"], default="bn",
                         help="channel ranking for --channel-prune: BN |gamma|, filter L1, or Taylor (needs --data)")
-    parser.add_argument("--channel-allocation", choices=["global", "uniform", "sensitivity", "latency"],
+    parser.add_argument("--channel-allocation", choices=ALLOCATIONS,
                         default="global",
                         help="how --channel-prune spreads the cut: global (one score threshold), uniform (same "
                         "fraction per layer), sensitivity (measured on --data images) or latency (more from layers "

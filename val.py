@@ -27,6 +27,7 @@ from utils.dataloaders import create_dataloader  # noqa: E402
 from utils.engines import load_engine  # noqa: E402
 from utils.evaluate import evaluate  # noqa: E402
 from utils.files import LOGGER, increment_path, setup_logging  # noqa: E402
+from utils.sparsity.channel.allocate import ALLOCATIONS  # noqa: E402
 from utils.sparsity.pipeline import METHOD_CHOICES  # noqa: E402
 from utils.val_outputs import model_sparsity, save_metrics, save_predictions  # noqa: E402
 
@@ -144,7 +145,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                         "train images, then validate (.pt weights only)")
     p.add_argument("--channel-importance", choices=["bn", "l1", "taylor"], default="bn",
                    help="channel ranking for --channel-prune: BN |gamma|, filter L1, or Taylor on labelled images")
-    p.add_argument("--channel-allocation", choices=["global", "uniform", "sensitivity", "latency"], default="global",
+    p.add_argument("--channel-allocation", choices=ALLOCATIONS, default="global",
                    help="how --channel-prune spreads the cut: global (one score threshold), uniform (same fraction "
                    "per layer), sensitivity (measured on --data images) or latency (more from layers that ONNX "
                    "Runtime runs slowly per FLOP)")

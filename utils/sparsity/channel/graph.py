@@ -193,14 +193,18 @@ class ChannelGraph:
 
     def macs(self, widths: dict[int, int] | None = None) -> float:
         """Conv multiply-accumulates at the probe size with group g at widths[g] channels (default: current)."""
+        return float(sum(self.conv_macs(widths).values()))
+
+    def conv_macs(self, widths: dict[int, int] | None = None) -> dict[str, int]:
+        """{conv name: multiply-accumulates} at the probe size, group g at widths[g] channels (default: current)."""
         widths = widths or {}
-        total = 0.0
+        out = {}
         for node in self.convs.values():
             conv = self.model.get_submodule(node.name)
             cin = sum(s.width if s.group is None else widths.get(s.group, s.width) for s in node.inputs)
             cout = conv.out_channels if node.out_group is None else widths.get(node.out_group, conv.out_channels)
-            total += node.hw * cout * cin // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
-        return total
+            out[node.name] = node.hw * cout * cin // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
+        return out
 
     def consumers(self) -> dict[int, list[tuple[str, int, tuple[str, ...]]]]:
         """group id -> (conv name, input offset, sources summed there) for every slice that reads it."""

@@ -28,10 +28,8 @@ def _layer(name: str) -> str:
 def layer_macs(graph: ChannelGraph) -> dict[str, float]:
     """Conv MACs per top-level layer (model.N) at the graph's probe size."""
     out: dict[str, float] = {}
-    for node in graph.convs.values():
-        conv = graph.model.get_submodule(node.name)
-        macs = node.hw * conv.out_channels * conv.in_channels // conv.groups * conv.weight[0, 0].numel()
-        out[_layer(node.name)] = out.get(_layer(node.name), 0.0) + macs
+    for name, macs in graph.conv_macs().items():
+        out[_layer(name)] = out.get(_layer(name), 0.0) + macs
     return out
 
 
