@@ -25,17 +25,19 @@ if str(ROOT) not in sys.path:
 import utils  # noqa: E402,F401  (sets NM_DISABLE_ANALYTICS before any Neural Magic import)
 from utils.assets import assets_dir  # noqa: E402
 from utils.augmentations import check_img_size  # noqa: E402
-from utils.benchmark.cli import ENGINES, build_variants, method_text, validate  # noqa: E402
+from utils.engines import ENGINES  # noqa: E402
+from utils.benchmark.cli import build_variants, method_text, validate  # noqa: E402
 from utils.benchmark.machine import format_machine, machine_report  # noqa: E402
 from utils.benchmark.pipeline import load_images, random_images  # noqa: E402
 from utils.benchmark.report import add_ratios, collect_warnings, write_outputs  # noqa: E402
 from utils.benchmark.suite import Settings, run_grid  # noqa: E402
 from utils.cli import exit_on_user_error  # noqa: E402
-from utils.export_onnx import DEFAULT_OPSET  # noqa: E402
-from utils.files import LOGGER, increment_path, setup_logging  # noqa: E402
+from utils.export import DEFAULT_OPSET  # noqa: E402
+from utils.files import increment_path  # noqa: E402
+from utils.logger import LOGGER, setup_logging  # noqa: E402
 
 
-def run(weights: list[str] | None = None, cfg: str | None = None, engines: list[str] = ENGINES,
+def run(weights: list[str] | None = None, cfg: str | None = None, engines: list[str] | None = None,
         batch_size: list[int] = (1,), imgsz: list[int] = (640,), sparsity: list[float] | None = None,
         method: str = "global", block: list[str] = ("none",), quantize: bool = False, source: str | None = None,
         random: bool = False, warmup: int = 25, iterations: int = 80, time_s: float | None = None,
@@ -45,7 +47,7 @@ def run(weights: list[str] | None = None, cfg: str | None = None, engines: list[
         project: str = "runs/benchmark", name: str = "exp", exist_ok: bool = False,
         channel_prune: list[float] | None = None, channel_allocation: str = "uniform") -> dict[str, Any]:
     """Time every (batch size, variant, engine, scenario); returns the report dict (also saved as results.json)."""
-    engines, scenario = validate(engines, batch_size, sparsity, scenario, warmup, iterations, time_s)
+    engines, scenario = validate(engines or list(ENGINES), batch_size, sparsity, scenario, warmup, iterations, time_s)
     hw = check_img_size([imgsz[0], imgsz[-1]] if isinstance(imgsz, (list, tuple)) else [imgsz, imgsz], s=32)
     settings = Settings(tuple(hw), warmup, iterations, time_s, num_cores, num_streams, conf_thres, iou_thres,
                         max_det, openvino_precision, device)

@@ -35,7 +35,8 @@ if str(ROOT) not in sys.path:
 
 from utils.assets import asset  # noqa: E402
 from utils.cli import exit_on_user_error  # noqa: E402
-from utils.files import LOGGER, increment_path, setup_logging  # noqa: E402
+from utils.files import increment_path  # noqa: E402
+from utils.logger import LOGGER, setup_logging  # noqa: E402
 
 HYP = ROOT / "data" / "hyps" / "hyp.demo.yaml"
 RECIPE = ROOT / "recipes" / "demo.pruned.yaml"
@@ -92,7 +93,7 @@ def oneshot(data: Path, weights: Path, out: Path, imgsz: int, levels: list[float
 def export_and_detect(weights: Path, data: Path, out: Path, imgsz: int) -> dict:
     """ONNX export, then detect.py with ONNX Runtime on a few val images."""
     import detect
-    from utils.export_onnx import export_weights
+    from utils.export import export_weights
 
     res = export_weights(weights, imgsz=imgsz, log=LOGGER.info)
     onnx_file = res["files"][0]

@@ -17,12 +17,14 @@ if str(ROOT) not in sys.path:
 
 from utils.assets import assets_dir  # noqa: E402
 from utils.augmentations import check_img_size  # noqa: E402
-from utils.checkpoint import resolve_weights  # noqa: E402
+import utils.sparsity.rebuild  # noqa: E402,F401  (registers sparse/QAT/channel checkpoint rebuilds)
+from utils.sparsity.zoo import weights_path  # noqa: E402
 from utils.cli import exit_on_user_error  # noqa: E402
 from utils.dataloaders import LoadImages  # noqa: E402
 from utils.detect_output import DetectionWriter, summary  # noqa: E402
-from utils.engines import load_engine  # noqa: E402
-from utils.files import LOGGER, increment_path, setup_logging  # noqa: E402
+from utils.engines import ENGINES, load_engine  # noqa: E402
+from utils.files import increment_path  # noqa: E402
+from utils.logger import LOGGER, setup_logging  # noqa: E402
 from utils.predict import Predictor  # noqa: E402
 
 
@@ -36,7 +38,7 @@ def run(weights: str = "yolov5n.pt", source: str | None = None, imgsz: int | lis
     source = source or str(assets_dir() / "images")
     imgsz = [imgsz, imgsz] if isinstance(imgsz, int) else (imgsz * 2 if len(imgsz) == 1 else imgsz)
     imgsz = check_img_size(list(imgsz), s=32)  # YOLOv5 P5 models; re-checked against the engine's own stride below
-    eng = load_engine(resolve_weights(weights, engine), engine, batch_size=1, imgsz=tuple(imgsz), device=device)
+    eng = load_engine(weights_path(weights, engine), engine, batch_size=1, imgsz=tuple(imgsz), device=device)
     imgsz = check_img_size(list(eng.imgsz or imgsz), s=eng.stride)
     predictor = Predictor(eng, tuple(imgsz), conf_thres, iou_thres, classes, agnostic_nms, max_det)
     eng.warmup()  # first call pays for allocation; keep it out of the reported times
@@ -66,7 +68,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--conf-thres", type=float, default=0.25, help="confidence threshold")
     p.add_argument("--iou-thres", type=float, default=0.45, help="NMS IoU threshold")
     p.add_argument("--max-det", type=int, default=1000, help="maximum detections per image")
-    p.add_argument("--engine", choices=["torch", "onnxruntime", "deepsparse", "openvino"], default=None,
+    p.add_argument("--engine", choices=list(ENGINES), default=None,
                    help="inference engine (default: by file suffix)")
     p.add_argument("--device", default="cpu", help="cuda device, i.e. 0 or cpu")
     p.add_argument("--classes", nargs="+", type=int, help="filter by class: --classes 0, or --classes 0 2 3")

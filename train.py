@@ -27,7 +27,9 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
 from utils.callbacks import Callback  # noqa: E402
-from utils.checkpoint import CheckpointError, load_checkpoint, resolve_weights  # noqa: E402
+from utils.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+import utils.sparsity.rebuild  # noqa: E402,F401  (registers sparse/QAT/channel checkpoint rebuilds)
+from utils.sparsity.zoo import weights_path  # noqa: E402
 from utils.data_config import DatasetError  # noqa: E402
 from utils.train_utils import increment_path, latest_run  # noqa: E402
 from utils.sparsity.recipes import RecipeError  # noqa: E402
@@ -109,7 +111,7 @@ def new_run_options(opt: argparse.Namespace) -> argparse.Namespace:
     """Check the model source and resolve paths; save_dir counts up runs/train/exp, exp2, ..."""
     if not opt.cfg and not opt.weights:
         raise TrainConfigError("either --cfg or --weights must be given (e.g. --weights yolov5n.pt)")
-    opt.weights = resolve_weights(opt.weights)  # zoo: stub -> mirror/SparseZoo checkpoint
+    opt.weights = weights_path(opt.weights)  # zoo: stub -> mirror/SparseZoo checkpoint
     opt.data, opt.hyp, opt.cfg, opt.weights = (_resolve(str(x)) for x in (opt.data, opt.hyp, opt.cfg, opt.weights))
     if opt.weights and not Path(opt.weights).is_file():
         raise TrainConfigError(f"--weights {opt.weights}: file not found; download an official release checkpoint "

@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import utils.sparsity.rebuild  # noqa: E402,F401  (tests load sparse/QAT/channel checkpoints like the scripts do)
 from utils.assets import asset, assets_dir  # noqa: E402
 
 

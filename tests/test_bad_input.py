@@ -170,7 +170,7 @@ def test_benchmark_rounds_imgsz_up_with_a_warning(yolov5n_pt, tmp_path, caplog) 
 
 
 def test_export_rounds_imgsz_up_with_a_warning(yolov5n_pt, tmp_path, caplog) -> None:
-    from utils.export_onnx import export_weights
+    from utils.export import export_weights
     weights = tmp_path / "yolov5n.pt"
     shutil.copy(yolov5n_pt, weights)
     res = export_weights(weights, imgsz=100, verify=False, log=lambda *a: None)

@@ -12,7 +12,8 @@ import torch
 
 import benchmark
 from models.yolo import DetectionModel
-from utils.benchmark import blocks, machine, report, variants
+from utils.benchmark import machine, report, variants
+from utils.sparsity import blocks
 from utils.benchmark.pipeline import Pipeline, fill_batch, load_images, random_images
 from utils.benchmark.runner import measure_async, measure_sync
 from utils.benchmark.streams import NoAsync, load_stream_engine

@@ -277,7 +277,7 @@ def test_checkpoint_rebuilds_pruned_layout_without_pickled_code(pruned_ckpt, x: 
 def test_pruned_checkpoint_exports_to_onnx(pruned_ckpt) -> None:
     import onnx
 
-    from utils.export_onnx import export_weights
+    from utils.export import export_weights
 
     path, model = pruned_ckpt
     res = export_weights(path, imgsz=64, log=lambda *a: None)

@@ -10,7 +10,7 @@ import torch
 from models.yolo import DetectionModel
 from utils.engines import ENGINES, EngineUnavailable, engine_name, load_engine
 from utils.engines.metadata import interpret, parse_names
-from utils.export_onnx import export_metadata, export_onnx, export_openvino, load_image_batch, prepare_model
+from utils.export import export_metadata, export_onnx, export_openvino, load_image_batch, prepare_model
 
 IMGSZ = 160
 NAMES = [f"thing{i}" for i in range(80)]

@@ -12,7 +12,7 @@ from models.yolo import DetectionModel
 from utils.checkpoint import save_checkpoint
 from utils.engines import load_engine
 from utils.engines.metadata import read_onnx_metadata
-from utils.export_onnx import export_weights, load_image_batch, onnx_conv_sparsity, recipe_summary
+from utils.export import export_weights, load_image_batch, onnx_conv_sparsity, recipe_summary
 from utils.nms import non_max_suppression
 from utils.sparsity.measure import global_sparsity, prunable_parameters
 
@@ -124,7 +124,7 @@ def test_official_yolov5n_all_engines_agree_on_bus(yolov5n_pt, bus_jpg, tmp_path
 
 def test_read_only_weights_folder_is_left_alone(tmp_path, yolov5n_pt, monkeypatch) -> None:
     """Exporting the shared (read-only) yolov5n.pt writes under runs/export/, never beside the asset."""
-    from utils.export_onnx import export_weights
+    from utils.export import export_weights
 
     monkeypatch.chdir(tmp_path)
     before = sorted(p.name for p in yolov5n_pt.parent.iterdir())
@@ -134,7 +134,7 @@ def test_read_only_weights_folder_is_left_alone(tmp_path, yolov5n_pt, monkeypatc
 
 
 def test_match_detections_counts_same_class_overlaps():
-    from utils.export_onnx import match_detections
+    from utils.export import match_detections
 
     a = np.zeros((1, 3, 7), np.float32)
     a[0, :, :4] = [[50, 50, 20, 20], [150, 150, 30, 30], [300, 300, 40, 40]]

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from tests.test_obc import images, one_thread, tiny_yolo  # noqa: F401  (autouse fixture)
-from utils.sparsity.allocation import global_allocation, sensitivity_allocation, uniform_allocation
+from utils.sparsity.weight_allocation import global_allocation, sensitivity_allocation, uniform_allocation
 from utils.sparsity.oneshot import split_targets, zeros_to_reach
 from utils.sparsity.recipe_writer import group_targets, write_recipe
-from utils.sparsity.sensitivity import (head_distortion, layer_sensitivity, plot_sensitivity, read_table, save_table,
+from utils.sparsity.weight_sensitivity import (head_distortion, layer_sensitivity, plot_sensitivity, read_table, save_table,
                                         table_from_rows)
 
 
@@ -108,7 +108,7 @@ def test_read_table_rejects_other_csv(tmp_path: Path):
 
 
 def test_recipe_loads_in_sparseml(tmp_path: Path):
-    from utils.sparsity.compat import import_sparseml
+    from utils.compat import import_sparseml
 
     fractions = {"model.1.conv.weight": 0.42, "model.2.cv1.conv.weight": 0.42, "model.24.m.0.weight": 0.8,
                  "model.3.conv.weight": 0.0}
@@ -131,7 +131,7 @@ def test_recipe_loads_in_sparseml(tmp_path: Path):
 def test_val_sensitivity_writes_table_plot_and_recipe(tmp_path: Path, coco128_dir: Path, yolov5n_pt: Path):
     import val
     from tests.test_val import coco128_yaml
-    from utils.sparsity.compat import import_sparseml
+    from utils.compat import import_sparseml
 
     data = coco128_yaml(tmp_path, coco128_dir, n=4)
     rows = val.run(data=str(data), weights=str(yolov5n_pt), imgsz=96, sensitivity=True, sensitivity_levels=[0.5, 0.9],

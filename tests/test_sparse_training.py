@@ -207,7 +207,7 @@ def test_mask_keys_follow_qat_wrappers() -> None:
 def test_replay_holds_qat_actions_the_checkpoint_had_not_reached() -> None:
     """Replaying at the resume epoch must not freeze BN early; saved flags pair up even though QAT changed ids."""
     from models.yolo import DetectionModel
-    from utils.sparsity.compat import import_sparseml
+    from utils.compat import import_sparseml
     from utils.sparsity.manager import held_qat_actions, saved_schedule, schedule_state
     recipe = QAT.replace("start_epoch: 0", "start_epoch: 0\n    freeze_bn_stats_epoch: 0.5")
     frozen = lambda m: [x.freeze_bn for x in m.modules() if hasattr(x, "freeze_bn")]  # noqa: E731

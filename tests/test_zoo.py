@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from utils.checkpoint import CheckpointError, load_model, resolve_weights, save_checkpoint
+from utils.checkpoint import CheckpointError, load_model, save_checkpoint
 from utils.sparsity import zoo
 from utils.sparsity.measure import global_sparsity
 from utils.sparsity.recipes import RecipeError, load_recipe
@@ -63,7 +63,7 @@ modifiers:
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory, yolov5n_pt: Path) -> dict[str, Path]:
     """Pruned (model.ckpt.pt) and dense (model.pt) checkpoints, the pruned ONNX, and both recipe cards."""
-    from utils.export_onnx import export_weights
+    from utils.export import export_weights
     from utils.sparsity.oneshot import prune_oneshot
     tmp = tmp_path_factory.mktemp("zoo_files")
     files = {"original": tmp / "recipe.md", "transfer": tmp / "recipe_transfer_learn.md"}
@@ -115,10 +115,10 @@ def test_mirror_resolves_both_forms(stub: str, model_files: dict, no_service: Pa
     assert zoo.resolve_weights(stub, "onnx") == folder / "model.onnx"
     assert zoo.resolve_recipe(stub) == folder / "recipe.md"
     assert zoo.resolve_recipe(stub + TL) == folder / "recipe/recipe_transfer_learn.md"
-    assert load_recipe(stub + TL).has("ConstantPruningModifier")
-    assert load_recipe(stub).has("GMPruningModifier")
-    assert global_sparsity(load_model(stub + TL)) == pytest.approx(0.5, abs=0.01)  # load_model takes stubs too
-    assert global_sparsity(load_model(stub)) < 0.01
+    assert load_recipe(stub + TL).has("constant_pruning")
+    assert load_recipe(stub).has("gradual_pruning")
+    assert global_sparsity(load_model(zoo.weights_path(stub + TL))) == pytest.approx(0.5, abs=0.01)  # scripts resolve stubs first
+    assert global_sparsity(load_model(zoo.weights_path(stub))) < 0.01
 
 
 def test_missing_recipe_type_is_not_replaced_by_another(model_files: dict, no_service: Path) -> None:
@@ -184,7 +184,7 @@ def test_hanging_service_fails_fast_and_names_stub(no_service: Path, monkeypatch
     try:
         t0 = time.monotonic()
         with pytest.raises(CheckpointError) as e:
-            resolve_weights(V1 + TL)
+            zoo.weights_path(V1 + TL)
         elapsed = time.monotonic() - t0
     finally:
         listener.close()

@@ -6,6 +6,8 @@ import math
 import cv2
 import numpy as np
 
+from utils.logger import LOGGER
+
 
 def letterbox(
     im: np.ndarray,
@@ -60,8 +62,6 @@ def check_img_size(imgsz: int | list[int], s: int = 32, floor: int = 0) -> int |
     sizes = [imgsz] if isinstance(imgsz, int) else list(imgsz)
     new = [max(make_divisible(x, int(s)), floor) for x in sizes]
     if new != sizes:
-        import logging
-
-        logging.getLogger("yolov5-sparse").warning(
+        LOGGER.warning(
             f"WARNING --img-size {imgsz} must be multiple of max stride {s}, updating to {new if len(new) > 1 else new[0]}")
     return new[0] if isinstance(imgsz, int) else new

@@ -6,6 +6,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from utils.torch_utils import de_parallel
+
 PREFIX = "AutoAnchor: "
 MIN_BPR = 0.98  # below this best possible recall the anchors are re-fitted
 
@@ -47,7 +49,7 @@ def _label_wh(dataset: Any, img_size: int, rng: np.random.Generator | None = Non
 
 def check_anchors(dataset: Any, model: Any, thr: float = 4.0, imgsz: int = 640) -> float:
     """Report anchor fit (BPR) before training and swap in k-means anchors only if they fit better; returns final BPR."""
-    detect = model.module.model[-1] if hasattr(model, "module") else model.model[-1]
+    detect = de_parallel(model).model[-1]
     wh = _label_wh(dataset, imgsz, np.random.default_rng(0))
     if not len(wh):
         print(f"{PREFIX}no labels found, skipping anchor check")

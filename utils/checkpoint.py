@@ -9,14 +9,17 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import shutil
-import tempfile
 from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
+
+from models.yolo import DetectionModel
+from utils.atomic import AtomicWriteError, atomic_path
+from utils.torch_utils import de_parallel
 
 FORMAT = "yolov5-sparse"
 FORMAT_VERSION = 1
@@ -85,28 +88,11 @@ def _not_a_checkpoint(path: Path, e: Exception) -> CheckpointError:
                            f"Pass a YOLOv5 .pt file (official or trained with this repo).")
 
 
-ONNX_ENGINES = ("onnxruntime", "onnx", "ort", "deepsparse", "ds", "openvino", "ov")
-
-
-def resolve_weights(weights: str | Path | None, engine: str | None = None) -> str:
-    """--weights as a local path: a zoo: stub becomes its mirror/SparseZoo file (.onnx for ONNX engines), else as is.
-
-    Every script calls this first, so one resolver serves train, val, detect and export; a stub that cannot be found
-    raises CheckpointError naming it and the mirror folder to fill.
-    """
-    if weights is None or not str(weights).startswith("zoo:"):
-        return "" if weights is None else str(weights)
-    from utils.sparsity.zoo import ZooError, resolve
-    what = "onnx" if engine and engine.lower() in ONNX_ENGINES else "weights"
-    try:
-        return str(resolve(str(weights), what))
-    except ZooError as e:
-        raise CheckpointError(f"--weights {e}") from None
-
-
 def read_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint dict without executing pickled code; refuses classes outside the allowlist."""
-    path = Path(resolve_weights(path))
+    path = Path(path)
+    if str(path).startswith("zoo:"):  # scripts resolve stubs first (utils.sparsity.zoo); loading never touches the net
+        raise CheckpointError(f"{path}: a zoo: stub is not a file; resolve it first (the scripts' --weights do).")
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found. Give a local .pt path or a zoo: stub.")
     ckpt = _torch_load_restricted(path, [(_stub_for(n), n) for n in ALLOWED_CLASSES])
@@ -141,26 +127,50 @@ def load_checkpoint(path: str | Path) -> dict:
     return _official_to_ours(ckpt, path)
 
 
+@dataclass(frozen=True)
+class Rebuild:
+    """A structure the yaml alone does not describe (channel widths, QAT wrappers, masks), rebuilt around the load."""
+
+    applies: Callable[[dict], bool]
+    before_load: Callable[[nn.Module, dict], None] | None = None
+    after_load: Callable[[nn.Module, dict], None] | None = None
+
+
+# Filled by higher layers (utils/sparsity/rebuild.py registers channel widths, recipe replay, channel masks), so
+# checkpoint I/O never imports the sparsity stack. Registration order is the order they run in.
+REBUILDS: dict[str, Rebuild] = {}
+
+
+def register_rebuild(name: str, rebuild: Rebuild) -> None:
+    """Add (or replace) one structure rebuild; called at import time by the module that owns the structure."""
+    REBUILDS[name] = rebuild
+
+
+def _needs_rebuild(ckpt: dict) -> bool:
+    """Sparse, QAT or channel-pruned files carry structure beyond the yaml: without rebuild hooks they cannot load."""
+    yaml_ = ckpt.get("yaml") or {}
+    return bool(ckpt.get("recipe") or yaml_.get("channel_widths") or yaml_.get("channel_masks"))
+
+
 def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> nn.Module:
     """Build the model from the stored yaml and load weights; a mismatch says it's another architecture."""
-    from models.yolo import DetectionModel
-
+    if _needs_rebuild(ckpt) and not REBUILDS:
+        raise CheckpointError(f"{path}: a sparse/QAT/channel-pruned checkpoint needs the rebuild hooks of "
+                              f"utils.sparsity.rebuild; import that module before loading it.")
     model = DetectionModel(ckpt["yaml"])
-    if model.yaml.get("channel_widths"):  # channel-pruned: reshape to the stored layout before the weights load
-        from utils.sparsity.channel import apply_channel_widths
-        apply_channel_widths(model)
-    if ckpt.get("recipe"):  # sparse/QAT checkpoint: rebuild QAT wrappers before the weights can fit
-        from utils.sparsity.manager import apply_recipe_structure
-        apply_recipe_structure(model, ckpt["recipe"], ckpt.get("recipe_epoch"))
+    hooks = [r for r in REBUILDS.values() if r.applies(ckpt)]
+    for r in hooks:
+        if r.before_load:
+            r.before_load(model, ckpt)
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as e:
         first = [ln.strip() for ln in str(e).splitlines() if ln.strip()][1:2]
         raise CheckpointError(f"{path}: weights do not fit the model described by its own yaml ({first}). "
                               f"The file is damaged or from another architecture; re-export it.") from None
-    if model.yaml.get("channel_masks"):  # trained with channel masks (dense layout): drop the masked channels now
-        from utils.sparsity.channel import remove_masked_channels
-        remove_masked_channels(model)
+    for r in hooks:
+        if r.after_load:
+            r.after_load(model, ckpt)
     model.names = list(ckpt.get("names") or model.names)
     model.epoch = ckpt.get("epoch", -1)
     return model
@@ -179,86 +189,26 @@ class CheckpointWriteError(CheckpointError):
     """A checkpoint that could not be written (disk full, read-only folder); any earlier file there is untouched."""
 
 
-_TORCH_WRITE_FAILURE = re.compile(r"PytorchStreamWriter|inline_container|unexpected pos|file write failed")
-
-
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """torch.save to a temp file in the same folder, fsync, then rename: readers never see a partial file.
 
     A failed write (disk full, read-only folder) raises CheckpointWriteError and leaves an earlier `path` as it was.
     """
-    path, tmp = Path(path), None
+    path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temps(path)
-        # the pid in the name lets a later save tell a dead writer's leftover from a live writer's file
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; checkpoints are meant to be shared
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) or (isinstance(e, RuntimeError) and _TORCH_WRITE_FAILURE.search(str(e))):
-            raise _write_error(path, e) from None
-        raise
-    _fsync_dir(path.parent)  # make the rename itself survive a power cut
+        with atomic_path(path, what="checkpoint") as tmp:
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+    except AtomicWriteError as e:
+        raise CheckpointWriteError(str(e)) from None
     return path
-
-
-def _write_error(path: Path, e: BaseException) -> CheckpointWriteError:
-    """One line: which file and folder, why, how much space is left, what to do, and that nothing was lost."""
-    reason = (e.strerror or str(e)) if isinstance(e, OSError) else "the write failed part-way"
-    folder = next((p for p in (path.parent, *path.parents) if p.exists()), None)
-    try:
-        free = f"{shutil.disk_usage(folder).free / 1e6:.0f} MB free there" if folder else "folder missing"
-    except OSError:
-        free = "free space unknown"
-    kept = f"the previous {path.name} is intact" if path.is_file() else "no earlier file was touched"
-    return CheckpointWriteError(f"cannot write checkpoint {path.name} in {path.parent}: {reason} ({free}). "
-                                f"Free disk space or choose a writable folder (e.g. --project); {kept}.")
-
-
-def _remove_stale_temps(path: Path) -> None:
-    """Delete temp files of `path` left by writers that were killed mid-save (their pid is gone, or is ours)."""
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[^.]+\.tmp")
-    for f in path.parent.glob(f".{path.name}.*.tmp"):
-        m = pattern.fullmatch(f.name)
-        if m and (int(m.group(1)) == os.getpid() or not _pid_alive(int(m.group(1)))):
-            f.unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    """Signal 0 probes a pid without touching it: is the writer that owns a temp file still running?"""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists but belongs to someone else
-        return True
-    return True
-
-
-def _fsync_dir(folder: Path) -> None:
-    """fsync a directory entry; some filesystems refuse, which only costs durability, never correctness."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, **meta: Any) -> Path:
     """Our format: plain tensors + metadata only, loadable with torch.load(weights_only=True)."""
-    model = getattr(model, "module", model)  # unwrap DDP
+    model = de_parallel(model)
     stride = getattr(model, "stride", None)
     ckpt = {
         "format": FORMAT, "format_version": FORMAT_VERSION,

@@ -12,6 +12,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from utils.boxes import scale_boxes, xywh2xyxy
+from utils.dataloaders import create_dataloader
 from utils.metrics import ConfusionMatrix, ap_per_class, box_match
 from utils.nms import non_max_suppression
 
@@ -142,3 +143,14 @@ def evaluate(model: Any, dataloader, names: list[str], conf_thres: float = 0.001
     res["loss"] = (st.loss / max(len(dataloader), 1)).tolist()
     res["predictions"] = st.predictions
     return res
+
+
+def val_dataloader(data: dict, task: str, imgsz: int, batch_size: int, stride: int, rect: bool, workers: int,
+                   single_cls: bool):
+    """Ultralytics val loader: rectangular batches (pad 0.5) for dynamic engines, square for fixed-shape ones."""
+    split = task if task in ("train", "val", "test") else "val"
+    if split not in data:
+        raise ValueError(f"dataset has no '{split}' split; add '{split}:' to the data yaml or use --task val")
+    pad = 0.0 if task == "speed" else 0.5
+    return create_dataloader(data[split], imgsz, batch_size, stride, single_cls, pad=pad, rect=rect and task != "speed",
+                             workers=workers, prefix=f"{split}: ", nc=len(data["names"]))

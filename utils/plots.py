@@ -1,7 +1,6 @@
 """Drawing and charts: box annotation, crops, training curves, label statistics and batch mosaics."""
 from __future__ import annotations
 
-import logging
 import math
 import multiprocessing
 import sys
@@ -21,7 +20,7 @@ _PALETTE_HEX = (
 _PALETTE_RGB = tuple(tuple(int(h[i:i + 2], 16) for i in (0, 2, 4)) for h in _PALETTE_HEX)
 
 
-LOGGER = logging.getLogger("yolov5-sparse")
+from utils.logger import LOGGER
 
 
 class BackgroundPlots:

@@ -1,13 +1,20 @@
 """Small PyTorch helpers: BN folding, parameter/FLOP counting, device selection."""
 from __future__ import annotations
 
-import logging
 import os
 
 import torch
 import torch.nn as nn
 
-LOGGER = logging.getLogger("yolov5-sparse")
+
+
+def is_parallel(model: nn.Module) -> bool:
+    return isinstance(model, (nn.parallel.DataParallel, nn.parallel.DistributedDataParallel))
+
+
+def de_parallel(model: nn.Module) -> nn.Module:
+    """The bare model under a DP/DDP wrapper: attributes (hyp, stride, yaml) and state_dict keys live there."""
+    return model.module if is_parallel(model) else model
 
 
 @torch.no_grad()

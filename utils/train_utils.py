@@ -19,16 +19,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from utils.torch_utils import LOGGER
-
-
-def is_parallel(model: nn.Module) -> bool:
-    return isinstance(model, (nn.parallel.DataParallel, nn.parallel.DistributedDataParallel))
-
-
-def de_parallel(model: nn.Module) -> nn.Module:
-    """The bare model under a DP/DDP wrapper: attributes (hyp, stride, yaml) and state_dict keys live there."""
-    return model.module if is_parallel(model) else model
+from utils.logger import LOGGER
+from utils.torch_utils import de_parallel, is_parallel  # noqa: F401  (re-exported for train.py)
 
 
 def copy_attr(dst: object, src: object, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> None:

@@ -24,7 +24,7 @@ from utils.checkpoint import CheckpointError, atomic_save, load_checkpoint, load
 from utils.loss import ComputeLoss
 from utils.metrics import fitness
 from utils.sparsity.measure import global_sparsity
-from utils.torch_utils import LOGGER
+from utils.logger import LOGGER
 from utils.train_utils import (EarlyStopping, ModelEMA, de_parallel, init_seeds, intersect_dicts, linear_lr,
                                one_cycle, retained_heap, rng_state, set_rng_state, smart_optimizer,
                                torch_distributed_zero_first)

@@ -5,12 +5,11 @@ from pathlib import Path
 
 from utils.engines import engine_name
 
-from .blocks import parse_block
+from utils.sparsity.blocks import parse_block
 from .suite import Settings
 from .variants import (Variant, calibrate_bn, channel_variants, file_variant, find_int8_exporter, int8_variants,
                        pruned_models)
 
-ENGINES = ("deepsparse", "onnxruntime", "torch", "openvino")
 SCENARIOS = ("sync", "async")
 DEFAULT_WEIGHTS = "weights/yolov5n.pt"
 NO_INT8 = ("INT8 rows skipped: no INT8 exporter could be imported (utils.sparsity.ptq needs sparseml; "

@@ -14,6 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from utils.engines import ENGINES
+
 # Flag groups read from /proc/cpuinfo; any member present means the feature is there.
 ISA_FLAGS: dict[str, tuple[str, ...]] = {
     "avx2": ("avx2",),
@@ -22,7 +24,7 @@ ISA_FLAGS: dict[str, tuple[str, ...]] = {
     "amx": ("amx_tile", "amx_int8", "amx_bf16"),
     "bf16": ("avx512_bf16", "amx_bf16"),
 }
-PACKAGES = {"torch": "torch", "onnxruntime": "onnxruntime", "deepsparse": "deepsparse", "openvino": "openvino",
+PACKAGES = {**{name: spec.package for name, spec in ENGINES.items()},
             "onnx": "onnx", "numpy": "numpy", "opencv": "opencv-python-headless"}
 FOREIGN_LOAD_WARN = 0.05  # above this share of the machine, other processes visibly distort CPU timings
 

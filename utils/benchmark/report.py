@@ -7,13 +7,14 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
+from utils.engines import ENGINES
+
 from .machine import int8_warning
 
 COLUMNS = ("model", "variant", "sparsity", "pattern", "precision", "engine", "engine_version", "batch_size",
            "scenario", "streams", "threads", "imgsz", "warmup", "iterations", "items_per_sec", "ms_mean",
            "ms_median", "ms_p90", "ms_p99", "ms_std", "pre_ms", "engine_ms", "post_ms", "wall_s", "foreign_load",
            "ratio", "status", "note")
-ENGINE_COLORS = {"deepsparse": "#e4572e", "onnxruntime": "#4c72b0", "torch": "#8c8c8c", "openvino": "#55a868"}
 
 
 def parse_baseline(spec: str) -> tuple[str, str]:
@@ -140,7 +141,7 @@ def plot_bars(rows: list[dict], file: Path) -> Path:
         sub = [r for r in ok if r["batch_size"] == bs]
         labels = [f"{r['variant']} | {r['engine']}" + (" async" if r["scenario"] == "async" else "") for r in sub]
         ax.barh(range(len(sub)), [r["items_per_sec"] for r in sub],
-                color=[ENGINE_COLORS.get(r["engine"], "#999999") for r in sub])
+                color=[ENGINES[r["engine"]].color if r["engine"] in ENGINES else "#999999" for r in sub])
         ax.set_yticks(range(len(sub)), labels, fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel("items/sec (end to end, higher is better)")

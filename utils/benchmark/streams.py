@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.engines import engine_name
+from utils.engines import ASYNC_ENGINES, engine_name  # noqa: F401  (ASYNC_ENGINES re-exported for suite)
 from utils.engines.base import Engine
 from utils.engines.deepsparse_engine import DeepSparseEngine, import_deepsparse, static_onnx
 from utils.engines.openvino_engine import OpenVinoEngine, import_openvino
 
-ASYNC_ENGINES = ("deepsparse", "openvino")
 
 
 class NoAsync(RuntimeError):

@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from utils.export_onnx import DEFAULT_OPSET, export_metadata, export_onnx, onnx_conv_sparsity, prepare_model
+from utils.export import DEFAULT_OPSET, export_metadata, export_onnx, onnx_conv_sparsity, prepare_model
 from utils.sparsity.measure import global_sparsity
 from utils.sparsity.oneshot import bn_recalibrate, prune_oneshot
 
-from .blocks import prune_blocks
+from utils.sparsity.blocks import prune_blocks
 
 # Int8Exporter(model, file, imgsz, batch_size) -> path of an INT8 ONNX file that DeepSparse/ORT/OpenVINO can run.
 Int8Exporter = Callable[[nn.Module, Path, tuple[int, int], int], Path]

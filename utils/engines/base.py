@@ -53,6 +53,11 @@ class Engine(ABC):
         """Threads the backend actually uses, when it can tell us."""
         return self.num_threads
 
+    @property
+    def torch_module(self) -> Any:
+        """The PyTorch module behind the engine (val measures sparsity and runs it directly); None for files."""
+        return None
+
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Decoded predictions (B, N, 5+nc) float32 for a float [0,1] or uint8 NCHW batch."""
         batch = self._to_input_dtype(np.asarray(batch))

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from utils import compat
+
 from .base import Engine, EngineUnavailable
 from .metadata import (interpret, nc_from_output_shape, openvino_metadata_file, read_onnx_metadata,
                        read_yaml_metadata)
@@ -15,7 +17,7 @@ PRECISIONS = ("f32", "bf16", "f16")
 def import_openvino():
     """openvino, or EngineUnavailable naming the install command."""
     try:
-        import openvino
+        openvino = compat.import_openvino()
     except ImportError as e:
         raise EngineUnavailable(f"openvino engine: package not importable ({e}); install it with "
                                 "`pip install openvino` or choose --engine onnxruntime") from e

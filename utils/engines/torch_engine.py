@@ -50,6 +50,10 @@ class TorchEngine(Engine):
             y = y[0]
         return y.float().cpu().numpy()
 
+    @property
+    def torch_module(self) -> nn.Module:
+        return self.model
+
     def version(self) -> str:
         return torch.__version__
 

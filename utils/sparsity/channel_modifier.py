@@ -18,7 +18,7 @@ utils.checkpoint.load_model (val/export/detect/benchmark) removes them physicall
 smaller dense network. The optimizer and EMA never see a shape change during training.
 
 Importing this module registers the tag with SparseML's recipe loader (it imports sparseml); import it once sparseml is
-needed, e.g. at the end of utils.sparsity.compat.import_sparseml.
+needed: utils.sparsity.modifiers.MODIFIERS lists it, and sparseml_manager_class() imports it.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from utils.sparsity.compat import apply_torch_compat
+from utils.compat import apply_torch_compat
 
 apply_torch_compat()  # torch 2.13 shim before sparseml builds anything (safe to import from compat.import_sparseml)
 
@@ -37,19 +37,19 @@ from sparseml.sparsification import SparsificationTypes  # noqa: E402
 
 from utils.sparsity.channel import (IMPORTANCE, MASKS_KEY, Budget, ChannelGraph, TaylorAccumulator,  # noqa: E402
                                     apply_masks, mask_params, plan_channels)
-from utils.torch_utils import LOGGER  # noqa: E402
+from utils.logger import LOGGER  # noqa: E402
+from utils.torch_utils import de_parallel  # noqa: E402
 
 INTER_FUNCS = ("cubic", "linear")
 TRAINING_ALLOCATIONS = ("global", "uniform")
 
 
-def _bare(module: nn.Module) -> nn.Module:
-    return module.module if hasattr(module, "module") and isinstance(module.module, nn.Module) else module
-
 
 @PyTorchModifierYAML()
 class ChannelPruningModifier(ScheduledUpdateModifier):
     """Gradual (or one-shot) channel pruning with soft masks; physical removal happens when the checkpoint loads."""
+
+    gradual = True  # the trainer's phase logic reports 'pruning' while its schedule runs (utils.sparsity.modifiers)
 
     def __init__(self, flops_target: float | None = None, channel_ratio: float | None = None,
                  importance: str = "bn", allocation: str = "global", start_epoch: float = 0.0,
@@ -132,13 +132,13 @@ class ChannelPruningModifier(ScheduledUpdateModifier):
 
     @ModifierProp(serializable=False)
     def sparsification_types(self) -> list[SparsificationTypes]:
-        return [SparsificationTypes.pruning]
+        return [SparsificationTypes.pruning, SparsificationTypes.structured]
 
     # ----------------------------------------------------------------------------------------- lifecycle
     def initialize(self, module: nn.Module, epoch: float = 0, loggers: Any = None, **kwargs) -> None:
         """Analyse the model; masks already in its yaml (a masked checkpoint) are adopted and kept."""
         super().initialize(module, epoch, loggers, **kwargs)
-        model = _bare(module)
+        model = de_parallel(module)
         self._graph = ChannelGraph(model)
         saved = dict((getattr(model, "yaml", {}) or {}).get(MASKS_KEY) or {})
         for key, chans in saved.items():
@@ -158,7 +158,7 @@ class ChannelPruningModifier(ScheduledUpdateModifier):
     def update(self, module: nn.Module, optimizer: Any, epoch: float, steps_per_epoch: int) -> None:
         """Grow the masks to this epoch's target."""
         super().update(module, optimizer, epoch, steps_per_epoch)
-        model = _bare(module)
+        model = de_parallel(module)
         taylor = None
         if self._taylor is not None:
             if not self._taylor.steps:
@@ -178,7 +178,7 @@ class ChannelPruningModifier(ScheduledUpdateModifier):
 
     def _mask_list(self, module: nn.Module) -> list[tuple[nn.Parameter, torch.Tensor]]:
         if self._masks is None:
-            model = _bare(module)
+            model = de_parallel(module)
             self._graph = self._graph or ChannelGraph(model)
             self._masks = [(p, k.to(p.device)) for p, k in mask_params(model, self._plan, self._graph)]
         return self._masks
@@ -190,7 +190,7 @@ class ChannelPruningModifier(ScheduledUpdateModifier):
         if self._taylor is not None and pruning:
             self._taylor.step()
         if self._sparsity_l1 > 0 and pruning:
-            self._slimming(_bare(module))
+            self._slimming(de_parallel(module))
         with torch.no_grad():
             for p, keep in self._mask_list(module):
                 if p.grad is not None:

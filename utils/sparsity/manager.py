@@ -17,21 +17,15 @@ import torch
 from torch import nn
 
 from utils.callbacks import Callback
-from utils.sparsity.compat import import_sparseml
 from utils.sparsity.measure import global_sparsity, prunable_parameters
+from utils.sparsity.modifiers import modifier_kind, sparseml_manager_class
 from utils.sparsity.recipes import Recipe, RecipeError, load_recipe, recipe_source
-from utils.torch_utils import LOGGER
+from utils.logger import LOGGER
+from utils.torch_utils import de_parallel
 
 if TYPE_CHECKING:
     from utils.trainer import Trainer
 
-QAT_MODIFIERS = ("QuantizationModifier",)
-LR_MODIFIERS = ("LearningRateFunctionModifier", "SetLearningRateModifier", "LearningRateModifier",
-                "StepLRModifier", "MultiStepLRModifier", "ExponentialLRModifier", "CosineAnnealingWarmRestarts")
-GRADUAL_PRUNING = ("GMPruningModifier", "MagnitudePruningModifier", "GlobalMagnitudePruningModifier",
-                   "MovementPruningModifier", "OBSPruningModifier", "ACDCPruningModifier", "LayerPruningModifier",
-                   "MFACPruningModifier", "StructuredPruningModifier")
-CONSTANT_PRUNING = ("ConstantPruningModifier",)
 PHASES = ("dense", "pruning", "pruned", "QAT")  # x/phase column in results.csv is the index in this tuple
 SPARSE_AT = 0.05  # a model this sparse (prunable weights) counts as pruned
 # Structure replay point for weights saved after epoch e: e + ALMOST_ONE includes what started during e (and at e.0)
@@ -64,7 +58,7 @@ def apply_recipe_structure(model: nn.Module, recipe_text: str, epoch: float | No
     """
     if not recipe_has_qat(recipe_text):
         return
-    manager = import_sparseml().from_yaml(recipe_text)
+    manager = load_recipe(recipe_text).manager  # same validation as --recipe (tags, fields, eval bounds)
     model.train()
     manager.apply_structure(model, epoch=math.inf if epoch is None else float(epoch))
 
@@ -100,7 +94,7 @@ def schedule_state(manager: Any) -> dict:
     """
     out = {}
     for m in manager.iter_modifiers():
-        attrs = QAT_ATTRS if _type(m) in QAT_MODIFIERS else SCHEDULE_ATTRS
+        attrs = QAT_ATTRS if modifier_kind(m) == "qat" else SCHEDULE_ATTRS
         d = {a: getattr(m, a) for a in attrs if isinstance(getattr(m, a, None), (bool, int, float))}
         masks = getattr(m, "_module_masks", None)
         if masks is not None:
@@ -147,7 +141,7 @@ def held_qat_actions(manager: Any, state: dict | None) -> Iterator[None]:
     """
     held = []
     for m, saved in saved_schedule(manager, state) if state else []:
-        for a in QAT_ATTRS if _type(m) in QAT_MODIFIERS else ():
+        for a in QAT_ATTRS if modifier_kind(m) == "qat" else ():
             if saved.get(a) is False and getattr(m, a, None) is False:
                 setattr(m, a, True)
                 held.append((m, a))
@@ -225,13 +219,13 @@ class SparsificationCallback(Callback):
     @staticmethod
     def _max_epochs(text: str) -> float:
         try:
-            return float(import_sparseml().from_yaml(text).max_epochs)
+            return float(sparseml_manager_class().from_yaml(text).max_epochs)
         except Exception:
             return 0.0
 
     def on_train_start(self, trainer: Trainer) -> None:
         """Validate the recipe on this model, take over epochs/LR, and initialize the manager at the start epoch."""
-        model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
+        model = de_parallel(trainer.model)
         self._load(model, self.recipe_src, self.recipe_args)
         rec = self.rec
         self.start_sparsity = global_sparsity(model)
@@ -241,7 +235,7 @@ class SparsificationCallback(Callback):
             if int(trainer.opt.epochs) != int(rec.manager.max_epochs):
                 LOGGER.info(f"recipe {rec.name}: training for {rec.manager.max_epochs} epochs (overrides --epochs)")
             trainer.epochs = int(math.ceil(rec.manager.max_epochs))
-        if rec.has(*LR_MODIFIERS):
+        if rec.has("lr"):
             LOGGER.info(f"recipe {rec.name}: LR managed by the recipe (default scheduler and warm-up disabled)")
             trainer.scheduler, trainer.nw = None, -1
         start = float(trainer.start_epoch)
@@ -263,11 +257,11 @@ class SparsificationCallback(Callback):
     def _check_state(self, rec: Recipe) -> None:
         """Warn when a transfer recipe meets a dense model or a sparse one meets no pruning."""
         sp = self.start_sparsity
-        if rec.has(*CONSTANT_PRUNING) and not rec.has(*GRADUAL_PRUNING) and sp < SPARSE_AT:
+        if rec.has("constant_pruning") and not rec.has("gradual_pruning") and sp < SPARSE_AT:
             LOGGER.warning(f"\n{'!' * 100}\nWARNING ⚠️ recipe {rec.name} holds sparsity with ConstantPruningModifier "
                            f"(sparse transfer learning), but the starting weights are only {sp:.1%} sparse: the "
                            f"model will stay DENSE. Start from a pruned checkpoint.\n{'!' * 100}")
-        if sp >= SPARSE_AT and not rec.has(*GRADUAL_PRUNING, *CONSTANT_PRUNING):
+        if sp >= SPARSE_AT and not rec.has("gradual_pruning", "constant_pruning"):
             LOGGER.warning(f"WARNING ⚠️ recipe {rec.name} has no pruning modifier: the {sp:.1%} sparsity of the "
                            f"starting weights will NOT be kept (add a ConstantPruningModifier with "
                            f"params: __ALL_PRUNABLE__ to keep it)")
@@ -292,13 +286,13 @@ class SparsificationCallback(Callback):
 
     def _phase_at(self, trainer: Trainer, epoch: float) -> str:
         mods = self.rec.modifiers()
-        if any(_type(m) in QAT_MODIFIERS and _start(m) < epoch + 1 for m in mods):
+        if any(modifier_kind(m) == "qat" and _start(m) < epoch + 1 for m in mods):
             return "QAT"
-        if any(_type(m) in GRADUAL_PRUNING and _start(m) < epoch + 1 and epoch < _end(m) for m in mods):
+        if any(modifier_kind(m) == "gradual_pruning" and _start(m) < epoch + 1 and epoch < _end(m) for m in mods):
             return "pruning"
-        if any(_type(m) in GRADUAL_PRUNING + CONSTANT_PRUNING and _start(m) <= epoch for m in mods):
+        if any(modifier_kind(m) in ("gradual_pruning", "constant_pruning") and _start(m) <= epoch for m in mods):
             return "pruned"
-        model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
+        model = de_parallel(trainer.model)
         return "pruned" if global_sparsity(model) >= SPARSE_AT else "dense"
 
     def on_before_optimizer_step(self, trainer: Trainer) -> None:
@@ -313,7 +307,7 @@ class SparsificationCallback(Callback):
         """The EMA decays pruned weights only towards zero: zero them exactly where the model's are."""
         if trainer.ema is None or trainer.last_opt_step != trainer.ni or self.phase == "dense":
             return
-        model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
+        model = de_parallel(trainer.model)
         ema = prunable_parameters(trainer.ema.ema)
         with torch.no_grad():
             for name, p in prunable_parameters(model).items():
@@ -339,7 +333,7 @@ class SparsificationCallback(Callback):
             save_checkpoint(trainer.wdir / name, trainer.eval_model(), **ckpt)
 
     def _phase_ckpt_name(self, trainer: Trainer) -> str | None:
-        model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
+        model = de_parallel(trainer.model)
         sparse = global_sparsity(model) >= SPARSE_AT
         if self.phase == "QAT":
             return "best_pruned_quantized.pt" if sparse else "best_quantized.pt"
@@ -351,7 +345,7 @@ class SparsificationCallback(Callback):
         if not self.base_recipe:
             return mine
         try:
-            return str(import_sparseml().compose_staged(self.base_recipe, mine))
+            return str(sparseml_manager_class().compose_staged(self.base_recipe, mine))
         except Exception as e:  # an unreadable old recipe must not stop saving
             LOGGER.warning(f"WARNING ⚠️ could not compose recipes ({e}); storing this run's recipe only")
             return mine
@@ -370,7 +364,7 @@ class SparseStartWarning(Callback):
     name = "sparse_start_warning"
 
     def on_train_start(self, trainer: Trainer) -> None:
-        model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
+        model = de_parallel(trainer.model)
         sp = global_sparsity(model)
         if sp >= SPARSE_AT:
             LOGGER.warning(f"WARNING ⚠️ {trainer.opt.weights} is {sp:.1%} sparse but no --recipe is given: the "

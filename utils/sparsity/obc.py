@@ -10,7 +10,6 @@ model pruned so far, so later layers also compensate for the error of earlier on
 from __future__ import annotations
 
 import copy
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from .activations import StageRunner
 from .oneshot import (_smallest_k_mask, bn_output_scale, following_batchnorms, split_targets,
                       strip_torch_pruning, zeros_to_reach)
 
-LOGGER = logging.getLogger("yolov5-sparse")
+from utils.logger import LOGGER
 BLOCK4 = 4  # VNNI/DeepSparse INT8 block: 4 consecutive input channels at one kernel position ([1,4] mask_type)
 
 
@@ -296,7 +295,7 @@ def obc_prune(model: nn.Module, sparsity: float, calibration: Sequence[torch.Ten
     allocation: how the zeros are split over layers ('global', 'uniform', or a callable(model, included, k) from
     allocation.py returning {weight name: zeros}); exclude: regexes like prune_oneshot's (None -> stem conv only).
     """
-    from .allocation import allocate
+    from .weight_allocation import allocate
 
     cfg, t0 = config or ObcConfig(), time.perf_counter()
     strip_torch_pruning(model)

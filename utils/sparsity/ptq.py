@@ -68,7 +68,7 @@ def quantize_ptq(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module
 def export_int8_onnx(model: nn.Module, file: Path, imgsz: tuple[int, int], batch_size: int,
                      images: Iterable[np.ndarray] | None = None) -> Path:
     """benchmark.py's INT8 exporter: PTQ-calibrate a copy of `model` and write its INT8 ONNX to `file`."""
-    from utils.export_onnx import export_metadata, export_onnx, model_sparsity, prepare_model
+    from utils.export import export_metadata, export_onnx, model_sparsity, prepare_model
 
     q = quantize_ptq(model, calibration_batches(tuple(imgsz), images))
     meta = export_metadata(q, tuple(imgsz), batch_size, False, model_sparsity(model))

@@ -14,7 +14,8 @@ from typing import Any, Iterator
 import yaml
 from torch import nn
 
-from utils.sparsity.compat import import_sparseml
+from utils.sparsity.modifiers import modifier_kind, sparseml_manager_class
+from utils.sparsity.zoo import ZooError, front_matter, resolve_recipe
 
 ALL_TOKENS = ("__ALL__", "__ALL_PRUNABLE__")
 # Fields that name parameters (matched against model.named_parameters) or modules (matched against named_modules).
@@ -53,26 +54,16 @@ class Recipe:
         """Flat list of SparseML modifier objects (staged recipes included)."""
         return list(self.manager.iter_modifiers())
 
-    def has(self, *class_names: str) -> bool:
-        return any(type(m).__name__ in class_names for m in self.modifiers())
+    def has(self, *kinds: str) -> bool:
+        """Does the recipe hold a modifier of one of these kinds (utils.sparsity.modifiers.KINDS)?"""
+        return any(modifier_kind(m) in kinds for m in self.modifiers())
 
 
 # --------------------------------------------------------------------------------------------------- reading
-def front_matter(text: str) -> str:
-    """YAML part of a Markdown recipe card (between the first two `---` lines); plain YAML is returned unchanged."""
-    head = re.sub(r"^\s*<!--.*?-->", "", text, count=1, flags=re.S)  # licence comments precede the front matter
-    lines = head.splitlines()
-    starts = [i for i, ln in enumerate(lines) if ln.strip() == "---"]
-    if len(starts) >= 2 and all(not ln.strip() for ln in lines[: starts[0]]):
-        return "\n".join(lines[starts[0] + 1: starts[1]]) + "\n"
-    return text
-
-
 def recipe_source(recipe: str | Path) -> tuple[str, str]:
     """(display name, YAML text) of a --recipe value: zoo: stub, file path, or YAML text."""
     s = str(recipe).strip()
     if s.startswith("zoo:"):
-        from utils.sparsity.zoo import ZooError, resolve_recipe
         try:
             path = resolve_recipe(s)
         except ZooError as e:
@@ -185,7 +176,7 @@ def _explain_type_error(name: str, specs: list[ModifierSpec], msg: str) -> str:
 
 def build_manager(name: str, text: str, args: dict, specs: list[ModifierSpec]) -> Any:
     """ScheduledModifierManager.from_yaml with errors translated to RecipeError."""
-    manager_cls = import_sparseml()
+    manager_cls = sparseml_manager_class()
     try:
         return manager_cls.from_yaml(text, recipe_variables=args or None)
     except TypeError as e:
@@ -200,7 +191,7 @@ def load_recipe(recipe: str | Path, recipe_args: str | dict | None = None, model
     name, text = recipe_source(recipe)
     args = parse_recipe_args(recipe_args)
     root, specs = preparse(name, text)
-    import_sparseml()  # registers the modifier tags
+    sparseml_manager_class()  # registers the modifier tags
     _check_tags(name, specs)
     _check_args(name, root, args)
     rec = Recipe(name, text, args, build_manager(name, text, args, specs), specs)

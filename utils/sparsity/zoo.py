@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import socket
 import threading
@@ -28,6 +29,9 @@ from typing import Any, Callable, TypeVar
 from urllib.parse import urlparse
 
 import yaml
+
+from utils.checkpoint import CheckpointError
+from utils.engines import reads_exported_files
 
 V1_FIELDS = ("domain", "sub_domain", "architecture", "sub_architecture", "framework", "repo", "dataset",
              "training_scheme", "sparse_tag")
@@ -90,9 +94,18 @@ def sparsezoo_cache_dir() -> Path:
     return Path(os.getenv("SPARSEZOO_MODELS_PATH") or Path.home() / ".cache/sparsezoo").expanduser()
 
 
+def front_matter(text: str) -> str:
+    """YAML part of a Markdown recipe/model card (between the first two `---` lines); plain YAML is returned unchanged."""
+    head = re.sub(r"^\s*<!--.*?-->", "", text, count=1, flags=re.S)  # licence comments precede the front matter
+    lines = head.splitlines()
+    starts = [i for i, ln in enumerate(lines) if ln.strip() == "---"]
+    if len(starts) >= 2 and all(not ln.strip() for ln in lines[: starts[0]]):
+        return "\n".join(lines[starts[0] + 1: starts[1]]) + "\n"
+    return text
+
+
 def _card(folder: Path) -> dict:
     """YAML front matter of a model folder's model.md card ({} when missing or unreadable)."""
-    from utils.sparsity.recipes import front_matter
     try:
         data = yaml.safe_load(front_matter((folder / "model.md").read_text(errors="ignore")))
     except (OSError, yaml.YAMLError):
@@ -300,6 +313,22 @@ def resolve_recipe(stub: str) -> Path:
 
 def resolve_weights(stub: str, what: str = "weights") -> Path:
     return resolve(stub, what)
+
+
+def weights_path(weights: str | Path | None, engine: str | None = None) -> str:
+    """--weights as a local path: a zoo: stub becomes its mirror/SparseZoo file (.onnx for engines that run exported
+    files), anything else is returned as is.
+
+    Every script calls this first (checkpoint I/O never resolves stubs); a stub that cannot be found raises
+    CheckpointError naming it and the mirror folder to fill.
+    """
+    if weights is None or not str(weights).startswith("zoo:"):
+        return "" if weights is None else str(weights)
+    what = "onnx" if engine and reads_exported_files(engine) else "weights"
+    try:
+        return str(resolve(str(weights), what))
+    except ZooError as e:
+        raise CheckpointError(f"--weights {e}") from None
 
 
 # ------------------------------------------------------------------------------------------ the mirror

@@ -14,7 +14,7 @@ from utils.assets import assets_dir
 from utils.benchmark.pipeline import Pipeline, fill_batch, load_images
 from utils.benchmark.variants import calibrate_bn
 from utils.engines import load_engine
-from utils.export_onnx import export_onnx, prepare_model
+from utils.export import export_onnx, prepare_model
 from utils.sparsity.channel import channel_prune
 
 OUT = ROOT / 'runs/channel640'

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import logging
 import re
 from typing import Callable, Iterable, Sequence
 
@@ -17,7 +16,7 @@ from .reconstruct import reconstruct
 from .sensitivity import greedy_keep, group_curves
 from .surgery import Plan, kept_outputs, remove_channels
 
-LOGGER = logging.getLogger("yolov5-sparse")
+from utils.logger import LOGGER
 SENSITIVITY_IMAGES = 16
 
 

@@ -10,7 +10,6 @@ channel pruning usable at all (see README numbers).
 """
 from __future__ import annotations
 
-import logging
 from typing import Sequence
 
 import torch
@@ -19,7 +18,6 @@ from torch import nn
 
 from ..calibration import as_float
 
-LOGGER = logging.getLogger("yolov5-sparse")
 MAX_ROWS = 200_000  # patch rows per conv and batch kept for the normal equations (sampled beyond this)
 
 

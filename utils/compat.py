@@ -1,7 +1,11 @@
-"""Compatibility layer for the end-of-life SparseML 1.8 stack on torch 2.13 (the only place that patches anything)."""
+"""Compatibility layer: the end-of-life SparseML 1.8 stack on torch 2.13, and OpenVINO without telemetry.
+
+The only place that patches anything. Nothing here imports the project's own packages: every layer may use it.
+"""
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from typing import Any
 
@@ -46,9 +50,7 @@ def import_sparseml() -> Any:
     try:
         with warnings.catch_warnings():  # sparseml 1.8 imports pkg_resources; the pin (setuptools<81) keeps it working
             warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-            from sparseml.pytorch.optim import ScheduledModifierManager
-
-            import utils.sparsity.channel_modifier  # noqa: F401  registers our !ChannelPruningModifier tag
+            from sparseml.pytorch.optim import ScheduledModifierManager  # heavy optional stack, loaded on demand
     except ImportError as e:
         raise ImportError(
             f"SparseML is needed for recipe-driven pruning/quantization but could not be imported ({e}). "
@@ -65,3 +67,23 @@ def onnx_export_kwargs(opset: int | None = None, for_sparseml: bool = False) -> 
     ModuleExporter.export_onnx takes `opset` itself and forwards the rest to torch, so `for_sparseml=True` names it so.
     """
     return {"dynamo": False, ("opset" if for_sparseml else "opset_version"): int(opset or ONNX_OPSET)}
+
+
+def disable_openvino_telemetry() -> None:
+    """Make `import openvino_telemetry` fail, so OpenVINO's converter uses its built-in no-op stub.
+
+    OpenVINO's model converter otherwise opens connections to an analytics host and writes a client id under
+    $HOME/intel/ on first use; loading or exporting a model must not touch the network. Call before importing openvino.
+    """
+    if "openvino_telemetry" not in sys.modules or sys.modules["openvino_telemetry"] is not None:
+        for name in [m for m in sys.modules if m == "openvino_telemetry" or m.startswith("openvino_telemetry.")]:
+            del sys.modules[name]
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # a None entry makes import raise
+
+
+def import_openvino() -> Any:
+    """openvino with telemetry off (ImportError propagates: the engine turns it into EngineUnavailable)."""
+    disable_openvino_telemetry()
+    import openvino  # optional engine package
+
+    return openvino

@@ -1,0 +1,19 @@
+"""Export package: prepare -> trace (ONNX, atomic) -> INT8 -> OpenVINO -> verify -> size report; pipeline runs them.
+
+Modules: prepare (eval copy, BN folded), metadata (what the file says about itself), trace (torch -> ONNX),
+int8 (SparseML ConvInteger for QAT models), openvino (IR folder), verify (ONNX vs PyTorch), report (sparsity, sizes),
+pipeline (export.py's job).
+"""
+from __future__ import annotations
+
+from .metadata import export_metadata, model_sparsity, recipe_summary
+from .openvino import export_openvino
+from .pipeline import export_weights, output_path
+from .prepare import INPUT_NAME, OUTPUT_NAME, prepare_model
+from .report import onnx_conv_sparsity
+from .trace import DEFAULT_OPSET, export_onnx
+from .verify import load_image_batch, match_detections, verify_onnx
+
+__all__ = ["DEFAULT_OPSET", "INPUT_NAME", "OUTPUT_NAME", "export_metadata", "export_onnx", "export_openvino",
+           "export_weights", "load_image_batch", "match_detections", "model_sparsity", "onnx_conv_sparsity",
+           "output_path", "prepare_model", "recipe_summary", "verify_onnx"]
