@@ -26,6 +26,7 @@ import utils  # noqa: E402,F401  (sets NM_DISABLE_ANALYTICS before any Neural Ma
 from utils.assets import assets_dir  # noqa: E402
 from utils.augmentations import check_img_size  # noqa: E402
 from utils.engines import ENGINES  # noqa: E402
+from utils.sparsity.methods import DATA_FREE  # noqa: E402
 from utils.benchmark.cli import build_variants, method_text, validate  # noqa: E402
 from utils.benchmark.machine import format_machine, machine_report  # noqa: E402
 from utils.benchmark.pipeline import load_images, random_images  # noqa: E402
@@ -84,7 +85,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640], help="inference size h [w]")
     p.add_argument("--sparsity", nargs="+", type=float, default=None,
                    help="one-shot prune each .pt / --cfg model to these global sparsities (0 = dense)")
-    p.add_argument("--method", choices=["global", "layerwise"], default="global", help="unstructured pruning method")
+    p.add_argument("--method", choices=DATA_FREE, default="global",
+                   help="one-shot pruning method for --sparsity (utils.sparsity.methods; --block picks 1xN blocks)")
     p.add_argument("--block", nargs="+", default=["none"], help="sparsity patterns: none (unstructured) and/or 1x4")
     p.add_argument("--channel-prune", nargs="+", type=float, default=None,
                    help="also time channel-pruned copies with these fractions of conv FLOPs removed (e.g. 0.5), "

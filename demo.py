@@ -33,7 +33,15 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
+import detect  # noqa: E402
+import prune  # noqa: E402
+import train  # noqa: E402
+import utils.sparsity.rebuild  # noqa: E402,F401  (registers sparse/QAT/channel checkpoint rebuilds)
+from utils import synthetic  # noqa: E402
 from utils.assets import asset  # noqa: E402
+from utils.checkpoint import load_model  # noqa: E402
+from utils.export import export_weights  # noqa: E402
+from utils.sparsity.measure import global_sparsity  # noqa: E402
 from utils.cli import exit_on_user_error  # noqa: E402
 from utils.files import increment_path  # noqa: E402
 from utils.logger import LOGGER, setup_logging  # noqa: E402
@@ -57,24 +65,17 @@ def cpu_seconds() -> float:
 
 def make_dataset(root: Path, imgsz: int, n_train: int, n_val: int) -> Path:
     """Synthetic shapes on textured backgrounds (4 classes, 1-5 objects per image); returns the data yaml."""
-    from utils import synthetic
-
     return synthetic.run(out=root, n_train=n_train, n_val=n_val, imgsz=imgsz, seed=0)
 
 
 def measured_sparsity(weights: Path) -> float:
     """Global sparsity of the prunable weights as saved, so the table shows what the file holds."""
-    from utils.checkpoint import load_model
-    from utils.sparsity.measure import global_sparsity
-
     return global_sparsity(load_model(str(weights)))
 
 
 def train_stage(data: Path, weights: Path, out: Path, name: str, imgsz: int, epochs: int, batch_size: int,
                 **kw) -> tuple[Path, dict]:
     """train.py through run(); per-epoch validation is off (--noval), the final epoch and best.pt are validated."""
-    import train
-
     res = train.run(data=str(data), weights=str(weights), hyp=str(HYP), imgsz=imgsz, epochs=epochs,
                     batch_size=batch_size, workers=2, seed=0, noval=True, noplots=True, project=str(out), name=name,
                     exist_ok=True, **kw)
@@ -82,19 +83,14 @@ def train_stage(data: Path, weights: Path, out: Path, name: str, imgsz: int, epo
 
 
 def oneshot(data: Path, weights: Path, out: Path, imgsz: int, levels: list[float]) -> list[dict]:
-    """val.py --sparsity: one-shot global magnitude pruning of the dense model, no fine-tuning."""
-    import val
-
-    rows = val.run(data=str(data), weights=str(weights), imgsz=imgsz, batch_size=32, workers=2, project=str(out),
-                   name="oneshot", exist_ok=True, sparsity=levels, prune_method=["global"], plots=False)
+    """prune.py --sweep: one-shot global magnitude pruning of the dense model, no fine-tuning."""
+    rows = prune.run(data=str(data), weights=str(weights), imgsz=imgsz, batch_size=32, workers=2, project=str(out),
+                     name="oneshot", exist_ok=True, sweep=levels, method=["global"])
     return rows["global"]
 
 
 def export_and_detect(weights: Path, data: Path, out: Path, imgsz: int) -> dict:
     """ONNX export, then detect.py with ONNX Runtime on a few val images."""
-    import detect
-    from utils.export import export_weights
-
     res = export_weights(weights, imgsz=imgsz, log=LOGGER.info)
     onnx_file = res["files"][0]
     source = sorted((data.parent / "images" / "val").glob("*.jpg"))[:4]

@@ -32,7 +32,9 @@ import utils.sparsity.rebuild  # noqa: E402,F401  (registers sparse/QAT/channel 
 from utils.sparsity.zoo import weights_path  # noqa: E402
 from utils.data_config import DatasetError  # noqa: E402
 from utils.train_utils import increment_path, latest_run  # noqa: E402
-from utils.sparsity.recipes import RecipeError  # noqa: E402
+from utils.sparsity.channel.training import ChannelLayoutCallback  # noqa: E402
+from utils.sparsity.manager import SparseStartWarning, SparsificationCallback  # noqa: E402
+from utils.sparsity.recipes import RecipeError, load_recipe  # noqa: E402
 from utils.trainer import Trainer, TrainConfigError  # noqa: E402
 
 LOCAL_RANK = int(os.getenv("LOCAL_RANK", -1))
@@ -141,11 +143,7 @@ def init_distributed(opt: argparse.Namespace) -> None:
 def sparsification_callbacks(opt: argparse.Namespace) -> list[Callback]:
     """--recipe: check it now (before data and model are built), then run it through the trainer's hooks."""
     if not getattr(opt, "recipe", None):
-        from utils.sparsity.manager import SparseStartWarning
-
         return [SparseStartWarning()]  # a sparse checkpoint without a recipe: its zeros fill in, so say so
-    from utils.sparsity.manager import SparsificationCallback
-    from utils.sparsity.recipes import load_recipe
     if "\n" not in str(opt.recipe) and not str(opt.recipe).startswith("zoo:"):
         opt.recipe = _resolve(str(opt.recipe))
     load_recipe(opt.recipe, opt.recipe_args)  # RecipeError names recipe, modifier and field
@@ -157,8 +155,6 @@ def main(opt: argparse.Namespace, callbacks: list[Callback] | None = None) -> di
     logging.basicConfig(format="%(message)s", level=logging.INFO if RANK in (-1, 0) else logging.WARNING)
     opt = resume_options(opt) if opt.resume else new_run_options(opt)
     init_distributed(opt)
-    from utils.sparsity.channel.training import ChannelLayoutCallback
-
     # a channel-pruned checkpoint is rebuilt at its own widths before its weights load (no-op for any other)
     callbacks = list(callbacks or []) + [ChannelLayoutCallback()] + sparsification_callbacks(opt)
     try:

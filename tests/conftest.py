@@ -35,3 +35,13 @@ def bus_jpg() -> Path:
 @pytest.fixture(scope="session")
 def coco128_dir() -> Path:
     return asset("coco128")
+
+
+@pytest.fixture()
+def project_log(caplog):
+    """caplog that also sees the project logger after a script's setup_logging() stopped its propagation."""
+    from utils.logger import LOGGER
+
+    LOGGER.addHandler(caplog.handler)
+    yield caplog
+    LOGGER.removeHandler(caplog.handler)

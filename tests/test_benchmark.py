@@ -129,8 +129,8 @@ def test_built_models_send_a_trained_like_number_of_boxes_to_nms():
 
 
 def test_onnxruntime_profile_sums_node_time_per_yolov5_layer(tiny_model, tmp_path):
-    """python -m utils.benchmark.profile: per-layer ms from ORT's own profiler, warm-up runs excluded."""
-    from utils.benchmark.profile import format_layers, layer_of, profile_onnxruntime
+    """python -m utils.engines.profile: per-layer ms from ORT's own profiler, warm-up runs excluded."""
+    from utils.engines.profile import format_layers, layer_of, profile_onnxruntime
 
     onnx_file = variants.fp32_exporter(13)(copy.deepcopy(tiny_model), tmp_path / "t.onnx", IMG, 1)
     prof = profile_onnxruntime(onnx_file, runs=3)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from utils.metrics import ConfusionMatrix, ap_per_class, box_match, compute_ap, fitness, smooth
+from utils.plots_metrics import curve_plotter, plot_confusion
 
 IOUV = torch.linspace(0.5, 0.95, 10)
 
@@ -155,10 +156,10 @@ def test_plots_are_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     tp = rng.random((40, 10)) > 0.4
     conf = rng.random(40)
     pred_cls = rng.integers(0, 3, 40)
-    ap_per_class(tp, conf, pred_cls, rng.integers(0, 3, 30), plot=True, save_dir=tmp_path, names=["a", "b", "c"])
+    ap_per_class(tp, conf, pred_cls, rng.integers(0, 3, 30), names=["a", "b", "c"], on_curves=curve_plotter(tmp_path))
     cm = ConfusionMatrix(nc=3)
     cm.process_batch(_det([0, 0, 10, 10, 0.9, 0]), _det([0, 0, 0, 10, 10]))
-    cm.plot(save_dir=tmp_path, names={0: "a", 1: "b", 2: "c"})
+    plot_confusion(cm, save_dir=tmp_path, names={0: "a", 1: "b", 2: "c"})
     for name in ("PR_curve", "F1_curve", "P_curve", "R_curve", "confusion_matrix"):
         f = tmp_path / f"{name}.png"
         assert f.is_file() and f.stat().st_size > 2_000, name

@@ -196,16 +196,15 @@ def test_block4_groups_are_whole():
 
 
 @pytest.mark.slow
-def test_val_sweep_with_obc_and_recal(tmp_path, coco128_dir, yolov5n_pt):
+def test_prune_sweep_with_obc_and_recal(tmp_path, coco128_dir, yolov5n_pt):
     import csv
 
-    import val
+    import prune
     from tests.test_val import coco128_yaml
 
     data = coco128_yaml(tmp_path, coco128_dir, n=8)
-    res = val.run(data=str(data), weights=str(yolov5n_pt), imgsz=128, batch_size=8, sparsity=[0.0, 0.5],
-                  prune_method=["obc", "layerwise+recal"], calib_images=8, project=str(tmp_path), name="s",
-                  workers=0)
+    res = prune.run(data=str(data), weights=str(yolov5n_pt), imgsz=128, batch_size=8, sweep=[0.0, 0.5],
+                    method=["obc", "layerwise+recal"], calib_images=8, project=str(tmp_path), name="s", workers=0)
     assert set(res) == {"obc", "layerwise+recal"}
     for rows in res.values():
         assert [round(r["sparsity"], 3) for r in rows] == [0.0, 0.5]
@@ -215,7 +214,8 @@ def test_val_sweep_with_obc_and_recal(tmp_path, coco128_dir, yolov5n_pt):
 
 
 @pytest.mark.slow
-def test_export_prunes_one_shot_before_export(tmp_path, yolov5n_pt):
+def test_export_deprecated_sparsity_alias_prunes_before_export(tmp_path, yolov5n_pt, project_log):
+    """export.py --sparsity still works: it names the prune.py command and prunes through the same registry."""
     import shutil
 
     import onnx
@@ -224,12 +224,15 @@ def test_export_prunes_one_shot_before_export(tmp_path, yolov5n_pt):
 
     weights = tmp_path / "yolov5n.pt"
     shutil.copy(yolov5n_pt, weights)  # beside a writable copy, so the ONNX lands in tmp_path
-    files = export.run(weights=str(weights), imgsz=[96], sparsity=0.5, prune_method="global")
+    files = export.main(export.parse_opt(["--weights", str(weights), "--img", "96", "--sparsity", "0.5",
+                                          "--prune-method", "global"]))
     assert files[0] == tmp_path / "yolov5n_global50.onnx"
+    assert "python prune.py --weights" in project_log.text and "deprecated" in project_log.text
     meta = {p.key: p.value for p in onnx.load(str(files[0])).metadata_props}
     assert abs(float(meta["sparsity"]) - 0.5) < 1e-3
     with pytest.raises(ValueError, match="--data"):
-        export.run(weights=str(weights), imgsz=[96], sparsity=0.5, prune_method="obc")
+        export.main(export.parse_opt(["--weights", str(weights), "--img", "96", "--sparsity", "0.5",
+                                      "--prune-method", "obc"]))
 
 
 def test_layer_stats_position_subset_estimates_h_and_pairs_dense_columns():

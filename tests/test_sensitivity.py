@@ -128,14 +128,14 @@ def test_recipe_loads_in_sparseml(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_val_sensitivity_writes_table_plot_and_recipe(tmp_path: Path, coco128_dir: Path, yolov5n_pt: Path):
-    import val
+def test_prune_sensitivity_writes_table_plot_and_recipe(tmp_path: Path, coco128_dir: Path, yolov5n_pt: Path):
+    import prune
     from tests.test_val import coco128_yaml
     from utils.compat import import_sparseml
 
     data = coco128_yaml(tmp_path, coco128_dir, n=4)
-    rows = val.run(data=str(data), weights=str(yolov5n_pt), imgsz=96, sensitivity=True, sensitivity_levels=[0.5, 0.9],
-                   sensitivity_images=4, recipe_sparsity=[0.6], project=str(tmp_path), name="sens", workers=0)
+    rows = prune.run(data=str(data), weights=str(yolov5n_pt), imgsz=96, sensitivity=True, sensitivity_levels=[0.5, 0.9],
+                     sensitivity_images=4, recipe_sparsity=[0.6], project=str(tmp_path), name="sens", workers=0)
     out = tmp_path / "sens"
     assert len(read_table(out / "sensitivity.csv")) == len(rows) == 2 * 59
     assert (out / "sensitivity.png").stat().st_size > 10_000

@@ -44,10 +44,15 @@ def test_coco128_matches_ultralytics_and_pycocotools(tmp_path: Path, coco128_dir
     assert saved["sparsity"] < 1e-5 and saved["engine"]["name"] == "torch"  # the official weights hold one exact zero
 
 
-def test_sparsity_sweep_outputs(tmp_path: Path, coco128_dir: Path, yolov5n_pt: Path) -> None:
+def test_deprecated_val_sparsity_alias_runs_the_prune_sweep(tmp_path: Path, coco128_dir: Path, yolov5n_pt: Path,
+                                                            project_log) -> None:
+    """val.py --sparsity still works for now: one line names the prune.py command, the sweep is prune.py's."""
     data = coco128_yaml(tmp_path, coco128_dir, n=8)
-    res = val.run(data=str(data), weights=str(yolov5n_pt), imgsz=256, batch_size=8, sparsity=[0.0, 0.3, 0.6],
-                  prune_method=["global", "layerwise"], project=str(tmp_path), name="s", workers=0)
+    res = val.main(val.parse_opt(["--data", str(data), "--weights", str(yolov5n_pt), "--img", "256", "--batch-size", "8",
+                                  "--sparsity", "0,0.3,0.6", "--prune-method", "global", "layerwise",
+                                  "--project", str(tmp_path), "--name", "s", "--workers", "0"]))
+    assert "python prune.py --weights" in project_log.text
+    assert "--sweep 0.0,0.3,0.6 --method global layerwise" in project_log.text
     for method in ("global", "layerwise"):
         rows = res[method]
         assert [round(r["sparsity"], 2) for r in rows] == [0.0, 0.3, 0.6]

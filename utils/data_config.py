@@ -1,9 +1,8 @@
 """Dataset yaml checking: one place that turns a user's data.yaml into resolved, validated paths and names."""
 from __future__ import annotations
 
-import os
-
 import logging
+import os
 import shutil
 import tarfile
 import tempfile
@@ -13,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from utils.assets import assets_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS_DIR = ROOT.parent / "datasets"  # Ultralytics convention: datasets live beside the repository
@@ -116,8 +117,6 @@ def _resolve_root(path: str | Path | None, yaml_file: Path | None) -> Path:
     $YOLOV5_SPARSE_ASSETS in a path expands to the shared-assets folder (utils/assets.py), set or not.
     """
     if path and "$YOLOV5_SPARSE_ASSETS" in str(path):
-        from utils.assets import assets_dir
-
         path = str(path).replace("$YOLOV5_SPARSE_ASSETS", str(assets_dir()))
     p = Path(os.path.expanduser(os.path.expandvars(str(path)))) if path else Path(".")
     if p.is_absolute():

@@ -93,6 +93,15 @@ def _run_batch(model, batch, st: EvalState, compute_loss, conf_thres, iou_thres,
             st.predictions.append((paths[si], shapes[si][0], predn))
 
 
+def _curves(plots: bool, save_dir: Path | None) -> Callable | None:
+    """The curve plotter for ap_per_class when plotting (matplotlib is imported only then)."""
+    if not plots:
+        return None
+    from utils.plots_metrics import curve_plotter  # matplotlib only when plotting
+
+    return curve_plotter(save_dir or Path("."))
+
+
 def summarize(st: EvalState, names: list[str], plots: bool, save_dir: Path | None) -> dict:
     """mAP50, mAP50-95, mean P and R and per-class APs from accumulated matches (Ultralytics ap_per_class)."""
     stats = [torch.cat(x, 0).cpu().numpy() for x in zip(*st.stats)] if st.stats else [np.zeros((0, 10))] * 4
@@ -100,7 +109,7 @@ def summarize(st: EvalState, names: list[str], plots: bool, save_dir: Path | Non
     res = {"precision": 0.0, "recall": 0.0, "map50": 0.0, "map": 0.0, "maps": np.zeros(st.nc), "per_class": [],
            "images": st.seen, "instances": int(nt.sum())}
     if len(stats[0]) and stats[0].any():
-        tp, fp, p, r, f1, ap, ap_class = ap_per_class(*stats, plot=plots, save_dir=save_dir or ".", names=names)
+        tp, fp, p, r, f1, ap, ap_class = ap_per_class(*stats, names=names, on_curves=_curves(plots, save_dir))
         ap50, ap = ap[:, 0], ap.mean(1)
         res.update(precision=float(p.mean()), recall=float(r.mean()), map50=float(ap50.mean()), map=float(ap.mean()))
         res["maps"] = np.full(st.nc, res["map"])
@@ -136,7 +145,9 @@ def evaluate(model: Any, dataloader, names: list[str], conf_thres: float = 0.001
         for name, n, p, r, ap50, ap in res["per_class"]:
             print(ROW % (name, st.seen, n, p, r, ap50, ap))
     if plots and st.confusion is not None and save_dir:
-        st.confusion.plot(save_dir=save_dir, names=names)
+        from utils.plots_metrics import plot_confusion  # matplotlib only when plotting
+
+        plot_confusion(st.confusion, save_dir, names)
     if curves is not None:
         curves.join()
     res["speed"] = tuple(x / max(st.seen, 1) * 1e3 for x in st.dt)

@@ -1,8 +1,7 @@
 """Detection metrics with Ultralytics v7.0 semantics, so our mAP numbers compare one to one with upstream YOLOv5."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -104,11 +103,9 @@ def ap_per_class(
     conf: np.ndarray,
     pred_cls: np.ndarray,
     target_cls: np.ndarray,
-    plot: bool = False,
-    save_dir: str | Path = ".",
     names: Names = (),
     eps: float = 1e-16,
-    prefix: str = "",
+    on_curves: Callable[..., None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-class tp, fp, P, R, F1 (at the max mean-F1 confidence), AP (nc, n_iou) and classes, Ultralytics v7.0."""
     tp, conf, pred_cls = np.asarray(tp), np.asarray(conf), np.asarray(pred_cls)
@@ -126,10 +123,8 @@ def ap_per_class(
             continue
         ap[ci], p[ci], r[ci], py[ci] = _class_curves(tp[mask], conf[mask], nt[ci], px, eps)
     f1 = 2 * p * r / (p + r + eps)
-    if plot:
-        from utils.plots_metrics import plot_metric_curves  # matplotlib only when asked
-
-        plot_metric_curves(px, py, ap, p, r, f1, Path(save_dir), _names_with_data(names, unique_classes), prefix)
+    if on_curves is not None:  # e.g. utils.plots_metrics.curve_plotter: PR/F1/P/R curves, drawn a layer above
+        on_curves(px, py, ap, p, r, f1, _names_with_data(names, unique_classes))
     i = smooth(f1.mean(0), 0.1).argmax() if nc else 0
     p, r, f1 = p[:, i], r[:, i], f1[:, i]
     tp = (r * nt).round()
@@ -178,13 +173,6 @@ class ConfusionMatrix:
         tp = self.matrix.diagonal()
         fp = self.matrix.sum(1) - tp
         return tp[:-1], fp[:-1]
-
-    def plot(self, normalize: bool = True, save_dir: str | Path = "", names: Names = ()) -> Path:
-        """Write confusion_matrix.png into save_dir; returns its path."""
-        from utils.plots_metrics import plot_confusion_matrix
-
-        names = list(names.values()) if isinstance(names, Mapping) else list(names)
-        return plot_confusion_matrix(self.matrix, Path(save_dir) / "confusion_matrix.png", names, normalize)
 
     def print(self) -> None:
         """Dump the raw counts, one predicted class per line."""

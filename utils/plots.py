@@ -156,7 +156,7 @@ def save_one_box(xyxy: Any, im: np.ndarray, file: str | Path = Path("im.jpg"), g
 
 def plot_results(file: str | Path = "results.csv", dir: str | Path = "") -> Path:
     """results.png beside results.csv: one panel per numeric column against epoch (extra columns included)."""
-    import pandas as pd
+    import pandas as pd  # heavy, only for results.png
 
     file = Path(file) if file else Path(dir) / "results.csv"
     if not file.is_file():

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from utils.metrics import smooth
+from utils.metrics import ConfusionMatrix, smooth
 
 DPI = 250
 LEGEND_MAX = 21  # per-class legends beyond this are unreadable; draw grey lines instead
@@ -114,3 +114,15 @@ def plot_confusion_matrix(matrix: np.ndarray, path: Path, names: Sequence[str], 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
     return path
+
+
+def plot_confusion(cm: ConfusionMatrix, save_dir: str | Path = "", names: Sequence[str] | dict = (),
+                   normalize: bool = True) -> Path:
+    """Write a ConfusionMatrix as confusion_matrix.png into save_dir; returns its path."""
+    names = list(names.values()) if isinstance(names, dict) else list(names)
+    return plot_confusion_matrix(cm.matrix, Path(save_dir) / "confusion_matrix.png", names, normalize)
+
+
+def curve_plotter(save_dir: str | Path, prefix: str = "") -> Callable[..., None]:
+    """The on_curves callback of utils.metrics.ap_per_class that writes the PR/F1/P/R curve PNGs into save_dir."""
+    return lambda px, py, ap, p, r, f1, names: plot_metric_curves(px, py, ap, p, r, f1, Path(save_dir), names, prefix)

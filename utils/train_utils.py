@@ -11,7 +11,6 @@ import random
 import sys
 from contextlib import contextmanager
 from copy import deepcopy
-from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np

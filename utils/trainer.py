@@ -19,15 +19,31 @@ from tqdm import tqdm
 
 from models.yolo import DetectionModel
 from utils.augmentations import make_divisible
+from utils.autoanchor import check_anchors
 from utils.callbacks import Callback, CallbackList
 from utils.checkpoint import CheckpointError, atomic_save, load_checkpoint, load_model, save_checkpoint
+from utils.data_config import check_dataset
+from utils.dataloaders import create_dataloader
+from utils.evaluate import evaluate
+from utils.logger import LOGGER
 from utils.loss import ComputeLoss
 from utils.metrics import fitness
 from utils.sparsity.measure import global_sparsity
-from utils.logger import LOGGER
-from utils.train_utils import (EarlyStopping, ModelEMA, de_parallel, init_seeds, intersect_dicts, linear_lr,
-                               one_cycle, retained_heap, rng_state, set_rng_state, smart_optimizer,
-                               torch_distributed_zero_first)
+from utils.torch_utils import select_device
+from utils.train_utils import (
+    EarlyStopping,
+    ModelEMA,
+    de_parallel,
+    init_seeds,
+    intersect_dicts,
+    linear_lr,
+    one_cycle,
+    retained_heap,
+    rng_state,
+    set_rng_state,
+    smart_optimizer,
+    torch_distributed_zero_first,
+)
 
 TQDM_BAR_FORMAT = "{l_bar}{bar:10}{r_bar}"
 NBS = 64  # nominal batch size: gradients accumulate up to it, weight decay is scaled to it
@@ -105,7 +121,6 @@ class Trainer:
         """Build run folder, data, model, optimizer, scheduler, EMA and loaders; restore state when resuming."""
         init_seeds(int(self.opt.seed) + 1 + self.rank, deterministic=True)
         self.device = self._device()
-        from utils.data_config import check_dataset
         with torch_distributed_zero_first(self.local_rank):
             self.data = check_dataset(self.opt.data)
         self._prepare_run_dir()  # after the data check: a typo in --data leaves no empty run folder
@@ -150,7 +165,6 @@ class Trainer:
 
     def _device(self) -> torch.device:
         """cuda:LOCAL_RANK under torchrun on GPUs, else the --device choice."""
-        from utils.torch_utils import select_device
         if self.local_rank != -1 and torch.cuda.is_available() and str(self.opt.device) != "cpu":
             return torch.device("cuda", self.local_rank)
         if self.local_rank != -1:
@@ -222,7 +236,6 @@ class Trainer:
 
     def _build_loaders(self) -> None:
         """Augmented train loader (DistributedSampler under DDP) and a rect val loader on the main process."""
-        from utils.dataloaders import create_dataloader
         opt, bs = self.opt, self.batch_size // self.world_size
         train_cache = None if opt.cache == "val" else opt.cache  # --cache val: cache the val images only
         val_cache = None if opt.noval else ("ram" if opt.cache == "val" else opt.cache)
@@ -249,7 +262,6 @@ class Trainer:
         """AutoAnchor and fp16-rounding on a fresh run (as Ultralytics), loss gains scaled to nl/nc/imgsz."""
         if self.main and not self.resume:
             if not self.opt.noautoanchor:
-                from utils.autoanchor import check_anchors
                 check_anchors(self.dataset, model=self.model, thr=self.hyp["anchor_t"], imgsz=self.imgsz)
             self.model.half().float()  # pre-reduce anchor precision
             if self.plots:
@@ -272,7 +284,7 @@ class Trainer:
 
     def _plot_labels(self) -> None:
         """labels.jpg drawn by another process while training starts (joined at the end of the run)."""
-        from utils.plots import BackgroundPlots, plot_labels
+        from utils.plots import BackgroundPlots, plot_labels  # matplotlib only when plotting
         self.background_plots = BackgroundPlots()
         self.background_plots.run(plot_labels, self.labels, self.names, self.save_dir)
 
@@ -439,7 +451,7 @@ class Trainer:
         if not self.plots or self.ni >= 3 or self.resume:
             return
         try:
-            from utils.plots import plot_images
+            from utils.plots import plot_images  # matplotlib only when plotting
             plot_images(self.imgs, self.targets, self.paths, self.save_dir / f"train_batch{self.ni}.jpg")
         except Exception as e:
             LOGGER.warning(f"WARNING ⚠️ train batch plot failed: {e}")
@@ -478,7 +490,6 @@ class Trainer:
 
     def _evaluate(self, model: nn.Module, plots: bool = False, iou_thres: float = 0.6, verbose: bool = False) -> dict:
         """utils.evaluate on the val loader (model in eval mode), with the val losses the csv logs."""
-        from utils.evaluate import evaluate
         model.eval()
         return evaluate(model, self.val_loader, self.names, conf_thres=0.001, iou_thres=iou_thres, max_det=300,
                         compute_loss=self.compute_loss, plots=plots, save_dir=self.save_dir,
@@ -539,7 +550,7 @@ class Trainer:
     def final_eval(self) -> None:
         """Strip training state from last/best, validate best.pt with PR/F1 curves and confusion matrix, plot csv."""
         if self.plots and self.csv.exists():  # drawn by another process while best.pt is validated
-            from utils.plots import BackgroundPlots, plot_results
+            from utils.plots import BackgroundPlots, plot_results  # matplotlib only when plotting
             self.background_plots = self.background_plots or BackgroundPlots()
             self.background_plots.run(plot_results, self.csv)
         for f in (self.last, self.best):

@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from utils.boxes import xyxy2xywh
+from utils.coco_eval import coco_map, ground_truth_json, predictions_json
 from utils.logger import LOGGER
+from utils.sparsity.measure import all_param_sparsity, global_sparsity
 from utils.sparsity.sweep import sparsity_header
 
 
@@ -33,8 +35,6 @@ def save_predictions(predictions: list, dataset, save_dir: Path, save_txt: bool,
             fmt = (lambda r: ("%g " * 6).rstrip() % r) if save_conf else (lambda r: ("%g " * 5).rstrip() % r[:5])
             (save_dir / "labels" / f"{Path(path).stem}.txt").write_text("".join(fmt(r) + "\n" for r in rows))
     if save_json:
-        from utils.coco_eval import coco_map, ground_truth_json, predictions_json
-
         dataset.names = getattr(dataset, "names", None)
         pred_file = predictions_json(predictions, dataset, save_dir / f"{Path(weights).stem}_predictions.json")
         gt_file = ground_truth_json(dataset, save_dir / "ground_truth.json")
@@ -45,8 +45,6 @@ def save_predictions(predictions: list, dataset, save_dir: Path, save_txt: bool,
 
 def save_metrics(res: dict, eng, save_dir: Path, extra: dict) -> dict:
     """metrics.json in the run folder: numbers a script or CI can read back."""
-    from utils.sparsity.measure import all_param_sparsity, global_sparsity
-
     metrics = {k: res[k] for k in ("precision", "recall", "map50", "map", "images", "instances")}
     metrics.update({k: res[k] for k in ("coco_map", "coco_map50") if k in res})
     metrics["speed_ms"] = dict(zip(("pre", "inference", "nms"), res["speed"]))

@@ -3,12 +3,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from models.yolo import DetectionModel
+from utils.assets import asset
+from utils.checkpoint import load_model
 from utils.engines import engine_name
-
 from utils.sparsity.blocks import parse_block
+
 from .suite import Settings
-from .variants import (Variant, calibrate_bn, channel_variants, file_variant, find_int8_exporter, int8_variants,
-                       pruned_models)
+from .variants import (
+    Variant,
+    calibrate_bn,
+    channel_variants,
+    file_variant,
+    find_int8_exporter,
+    int8_variants,
+    pruned_models,
+)
 
 SCENARIOS = ("sync", "async")
 DEFAULT_WEIGHTS = "weights/yolov5n.pt"
@@ -35,9 +45,6 @@ def validate(engines: list[str], batch_sizes: list[int], sparsity: list[float] |
 
 def _base_models(weights: list[str] | None, cfg: str | None, sparsity: list[float] | None, calib_size: int):
     """(group, model, source) to prune, plus user files timed as they are."""
-    from models.yolo import DetectionModel
-    from utils.assets import asset
-    from utils.checkpoint import load_model
 
     if not weights and not cfg:
         weights = [str(asset(DEFAULT_WEIGHTS))]

@@ -14,6 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from utils.engines import ENGINES
 
 # Flag groups read from /proc/cpuinfo; any member present means the feature is there.
@@ -66,8 +68,6 @@ def engine_versions() -> dict[str, str]:
 
 def core_counts() -> dict[str, int | None]:
     """Logical CPUs, physical cores, and the CPUs this process may run on (containers and taskset limit it)."""
-    import psutil
-
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -127,8 +127,6 @@ def _system_busy_seconds(stat: str | Path = "/proc/stat") -> tuple[float, int] |
 
 def _psutil_busy_seconds() -> tuple[float, int]:
     """Portable fallback for machines without /proc/stat."""
-    import psutil
-
     t = psutil.cpu_times()
     busy = sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
     return busy, psutil.cpu_count() or 1

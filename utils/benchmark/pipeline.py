@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from utils.augmentations import letterbox, to_blob
@@ -15,8 +16,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 def load_images(source: str | Path, limit: int = 64) -> list[np.ndarray]:
     """BGR images from a file or folder (sorted, at most `limit`): real pictures give real NMS workloads."""
-    import cv2
-
     p = Path(source)
     files = [p] if p.is_file() else sorted(f for f in p.glob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
     if not p.exists() or not files:

@@ -17,7 +17,6 @@ from utils.engines.deepsparse_engine import DeepSparseEngine, import_deepsparse,
 from utils.engines.openvino_engine import OpenVinoEngine, import_openvino
 
 
-
 class NoAsync(RuntimeError):
     """The engine has no multi-stream mode; the row is reported as n/a rather than faked with threads."""
 

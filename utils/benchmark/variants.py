@@ -11,14 +11,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import onnx
 import torch
 from torch import nn
 
+from utils.checkpoint import load_model
+from utils.engines import check_onnx_file, reads_exported_files
 from utils.export import DEFAULT_OPSET, export_metadata, export_onnx, onnx_conv_sparsity, prepare_model
 from utils.sparsity.measure import global_sparsity
-from utils.sparsity.oneshot import bn_recalibrate, prune_oneshot
-
-from utils.sparsity.blocks import prune_blocks
+from utils.sparsity.methods import METHODS, PruneContext, get_method
+from utils.sparsity.oneshot import bn_recalibrate
+from utils.sparsity.ptq import calibration_batches
 
 # Int8Exporter(model, file, imgsz, batch_size) -> path of an INT8 ONNX file that DeepSparse/ORT/OpenVINO can run.
 Int8Exporter = Callable[[nn.Module, Path, tuple[int, int], int], Path]
@@ -77,7 +80,7 @@ class Variant:
 
     def weights_for(self, engine: str, batch_size: int, imgsz: tuple[int, int], workdir: Path) -> nn.Module | Path:
         """What load_engine needs for this engine: a fused model for torch, an ONNX/IR file for the others."""
-        if engine == "torch":
+        if not reads_exported_files(engine):
             if self.model is None or self.precision != "FP32":
                 raise NotApplicable("PyTorch runs checkpoints only; this variant is an exported file")
             if self._torch is None:
@@ -132,8 +135,6 @@ def calibrate_bn(model: nn.Module, size: int = 640, batches: int = 2) -> nn.Modu
 
 def head_images(size: int) -> torch.Tensor:
     """The shared sample images letterboxed to size x size (noise when they are missing)."""
-    from utils.sparsity.ptq import calibration_batches
-
     return torch.cat(calibration_batches((size, size)))
 
 
@@ -182,10 +183,8 @@ def pruned_models(base: nn.Module, group: str, levels: list[float], blocks: list
     for level in (lv for lv in levels if lv > 0):
         for block in blocks:
             m = copy.deepcopy(base).eval()
-            if block > 1:
-                prune_blocks(m, level, block)
-            else:
-                prune_oneshot(m, level, method=method)
+            name = "blocks" if block > 1 else method
+            get_method(name).prune(m, level, PruneContext(options={"block": block}))
             calibrate_bn(m, calib_size)
             pattern = f"1x{block}" if block > 1 else "unstructured"
             how = f"one-shot {method}" if block == 1 else f"one-shot 1x{block} blocks"
@@ -196,12 +195,11 @@ def pruned_models(base: nn.Module, group: str, levels: list[float], blocks: list
 def channel_variants(base: nn.Module, group: str, fractions: list[float], allocation: str, levels: list[float],
                      blocks: list[int], method: str, opset: int, source: str, calib_size: int = 640) -> list[Variant]:
     """Per FLOPs fraction: the channel-pruned (smaller dense) model, plus its unstructured/1xN pruned copies."""
-    from utils.sparsity.channel import channel_prune
-
     out = []
     for f in fractions:
         m = copy.deepcopy(base).eval()
-        rep = channel_prune(m, flops_target=f, importance="l1", allocation=allocation, imgsz=calib_size)
+        rep = METHODS["channel"].prune(m, f, PruneContext(imgsz=calib_size, options={"importance": "l1",
+                                                                                     "allocation": allocation}))
         calibrate_bn(m, calib_size)
         tag = f"cp{round(f * 100)}"
         how = f"{source}, {tag}: {1 - rep['macs_left']:.0%} of conv FLOPs removed by channels ({allocation})"
@@ -220,8 +218,6 @@ def int8_variants(fp32: list[Variant], exporter: Int8Exporter) -> list[Variant]:
 
 def onnx_precision(file: Path) -> str:
     """'INT8' when the graph holds quantized ops, else 'FP16'/'FP32' from the first float initializer."""
-    import onnx
-
     proto = onnx.load(str(file), load_external_data=False)
     if any(n.op_type in QUANT_OPS for n in proto.graph.node):
         return "INT8"
@@ -233,12 +229,8 @@ def file_variant(path: Path, opset: int) -> Variant:
     """A variant for a user file: .pt loads as a model; .onnx / OpenVINO IR are timed as they are."""
     group = path.stem if path.is_file() else path.name
     if path.suffix in (".pt", ".pth"):
-        from utils.checkpoint import load_model
-
         return model_variant(load_model(str(path)), group, "unstructured", opset, str(path))
     if path.suffix == ".onnx":
-        from utils.engines import check_onnx_file
-
         check_onnx_file(path)  # one clear line for a file that is not ONNX, before onnx.load fails on it
         # INT8 weights land on the zero point by rounding (~7% in a dense QAT yolov5n): call < 10% dense
         s, prec = onnx_conv_sparsity(path)["sparsity"], onnx_precision(path)

@@ -20,6 +20,7 @@ from .onnxruntime_engine import OnnxRuntimeEngine
 from .openvino_engine import OpenVinoEngine
 from .torch_engine import TorchEngine
 
+
 @dataclass(frozen=True)
 class EngineSpec:
     """Everything the scripts need to know about one engine, in one row of ENGINES."""

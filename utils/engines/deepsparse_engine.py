@@ -5,6 +5,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from .base import Engine, EngineUnavailable
 from .metadata import interpret, nc_from_output_shape
@@ -33,8 +34,6 @@ def _dim(d) -> int | None:
 
 def static_onnx(path: str | Path, batch_size: int, imgsz: tuple[int, int], workdir: str) -> tuple[str, dict]:
     """DeepSparse compiles one static shape: pin batch (and dynamic H/W) and write a copy when the file differs."""
-    import onnx
-
     model = onnx.load(str(path))
     inp = model.graph.input[0]
     dims = inp.type.tensor_type.shape.dim

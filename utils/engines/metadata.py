@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+import onnx
+import yaml
+
 DEFAULT_STRIDE = 32
 
 
@@ -60,8 +63,6 @@ def interpret(meta: Mapping[str, Any], nc: int | None = None) -> dict[str, Any]:
 
 def read_onnx_metadata(path: str | Path) -> dict[str, str]:
     """custom_metadata_map of an ONNX file, read without touching external weight data."""
-    import onnx
-
     model = onnx.load(str(path), load_external_data=False)
     return {p.key: p.value for p in model.metadata_props}
 
@@ -88,7 +89,6 @@ def read_yaml_metadata(path: Path | None) -> dict[str, Any]:
     """Metadata dict from a YAML side file; empty when there is none."""
     if path is None:
         return {}
-    import yaml
 
     with open(path, encoding="utf-8") as f:
         data = yaml.safe_load(f) or {}

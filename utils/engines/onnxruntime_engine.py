@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from .base import Engine, EngineUnavailable
 from .metadata import interpret, nc_from_output_shape
@@ -77,6 +78,5 @@ class OnnxRuntimeEngine(Engine):
     def threads(self) -> int | None:
         if self.num_threads:
             return self.num_threads
-        import psutil
 
         return psutil.cpu_count(logical=False) or os.cpu_count()  # ORT's default: one thread per physical core

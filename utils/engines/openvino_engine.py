@@ -8,8 +8,7 @@ import numpy as np
 from utils import compat
 
 from .base import Engine, EngineUnavailable
-from .metadata import (interpret, nc_from_output_shape, openvino_metadata_file, read_onnx_metadata,
-                       read_yaml_metadata)
+from .metadata import interpret, nc_from_output_shape, openvino_metadata_file, read_onnx_metadata, read_yaml_metadata
 
 PRECISIONS = ("f32", "bf16", "f16")
 

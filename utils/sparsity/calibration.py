@@ -10,12 +10,12 @@ import numpy as np
 import torch
 
 from utils.augmentations import letterbox
+from utils.data_config import check_dataset
+from utils.dataloaders import list_image_files
 
 
 def calibration_files(data: dict | str | Path, split: str = "train") -> list[str]:
     """Image paths of a dataset split (labels are never read); falls back to 'val' when the yaml has no train split."""
-    from utils.data_config import check_dataset
-    from utils.dataloaders import list_image_files
 
     data_dict = data if isinstance(data, dict) else check_dataset(str(data))
     if split not in data_dict:

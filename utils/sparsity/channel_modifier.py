@@ -35,9 +35,17 @@ from sparseml.optim import ModifierProp  # noqa: E402
 from sparseml.pytorch.sparsification.modifier import PyTorchModifierYAML, ScheduledUpdateModifier  # noqa: E402
 from sparseml.sparsification import SparsificationTypes  # noqa: E402
 
-from utils.sparsity.channel import (IMPORTANCE, MASKS_KEY, Budget, ChannelGraph, TaylorAccumulator,  # noqa: E402
-                                    apply_masks, mask_params, plan_channels)
 from utils.logger import LOGGER  # noqa: E402
+from utils.sparsity.channel import (  # noqa: E402
+    IMPORTANCE,
+    MASKS_KEY,
+    Budget,
+    ChannelGraph,
+    TaylorAccumulator,
+    apply_masks,
+    mask_params,
+    plan_channels,
+)
 from utils.torch_utils import de_parallel  # noqa: E402
 
 INTER_FUNCS = ("cubic", "linear")

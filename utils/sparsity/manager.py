@@ -17,11 +17,12 @@ import torch
 from torch import nn
 
 from utils.callbacks import Callback
+from utils.logger import LOGGER
 from utils.sparsity.measure import global_sparsity, prunable_parameters
 from utils.sparsity.modifiers import modifier_kind, sparseml_manager_class
 from utils.sparsity.recipes import Recipe, RecipeError, load_recipe, recipe_source
-from utils.logger import LOGGER
 from utils.torch_utils import de_parallel
+from utils.trainer import strip_training_state
 
 if TYPE_CHECKING:
     from utils.trainer import Trainer
@@ -352,7 +353,6 @@ class SparsificationCallback(Callback):
 
     def on_train_end(self, trainer: Trainer) -> None:
         """Finalize the manager; strip training state from the per-phase best checkpoints like best.pt."""
-        from utils.trainer import strip_training_state
         for name in self.phase_best:
             if (trainer.wdir / name).exists():
                 strip_training_state(trainer.wdir / name)

@@ -35,7 +35,7 @@ class PruneMethod:
     """One pruning method: how it prunes (in place) and what it needs."""
 
     name: str
-    prune: Callable[[nn.Module, float, PruneContext], None]
+    prune: Callable[[nn.Module, float, PruneContext], dict | None]  # in place; may return a report
     needs_calibration: bool  # refuses to run without calibration images
     structured: bool  # removes whole channels (the level is a fraction of conv FLOPs, not of weights)
     help: str
@@ -63,9 +63,9 @@ def _obc(model: nn.Module, level: float, ctx: PruneContext) -> None:
                                                                               **o.get("obc", {})))
 
 
-def _channel(model: nn.Module, level: float, ctx: PruneContext) -> None:
+def _channel(model: nn.Module, level: float, ctx: PruneContext) -> dict:
     o = ctx.options
-    channel_prune(model, flops_target=level, importance=o.get("importance", "bn"),
+    return channel_prune(model, flops_target=level, importance=o.get("importance", "bn"),
                   allocation=o.get("allocation", "global"), images=list(ctx.calibration) or None,
                   labelled=o.get("labelled"), loss_fn=o.get("loss_fn"), imgsz=ctx.imgsz)
 
@@ -79,6 +79,7 @@ METHODS: dict[str, PruneMethod] = {m.name: m for m in (
 )}
 RECAL = "+recal"  # suffix: re-estimate BatchNorm statistics on the calibration images after pruning
 METHOD_CHOICES = (*METHODS, *(n + RECAL for n, m in METHODS.items() if not m.structured))
+DATA_FREE = tuple(n for n, m in METHODS.items() if not m.structured and not m.needs_calibration)  # benchmark.py
 
 
 def get_method(name: str) -> PruneMethod:

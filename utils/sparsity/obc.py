@@ -19,11 +19,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .activations import StageRunner
-from .oneshot import (_smallest_k_mask, bn_output_scale, following_batchnorms, split_targets,
-                      strip_torch_pruning, zeros_to_reach)
-
 from utils.logger import LOGGER
+
+from .activations import StageRunner
+from .oneshot import (
+    _smallest_k_mask,
+    bn_output_scale,
+    following_batchnorms,
+    split_targets,
+    strip_torch_pruning,
+    zeros_to_reach,
+)
+from .weight_allocation import allocate
+
 BLOCK4 = 4  # VNNI/DeepSparse INT8 block: 4 consecutive input channels at one kernel position ([1,4] mask_type)
 
 
@@ -295,8 +303,6 @@ def obc_prune(model: nn.Module, sparsity: float, calibration: Sequence[torch.Ten
     allocation: how the zeros are split over layers ('global', 'uniform', or a callable(model, included, k) from
     allocation.py returning {weight name: zeros}); exclude: regexes like prune_oneshot's (None -> stem conv only).
     """
-    from .weight_allocation import allocate
-
     cfg, t0 = config or ObcConfig(), time.perf_counter()
     strip_torch_pruning(model)
     included, excluded = split_targets(model, exclude)

@@ -12,13 +12,13 @@ from typing import Callable
 import torch
 from torch import nn
 
+from utils.logger import LOGGER
+
 from .calibration import calibration_batches, calibration_files
 from .measure import all_param_sparsity, global_sparsity
 from .methods import METHOD_CHOICES, RECAL, PruneContext, get_method
 from .oneshot import bn_recalibrate
 from .sweep import sparsity_header
-
-from utils.logger import LOGGER
 
 
 @dataclass

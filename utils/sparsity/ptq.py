@@ -9,9 +9,14 @@ import copy
 from collections.abc import Iterable
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
+
+from utils.assets import assets_dir
+from utils.augmentations import letterbox
+from utils.export import export_metadata, export_onnx, model_sparsity, prepare_model
 
 from .manager import apply_recipe_structure
 
@@ -30,8 +35,6 @@ modifiers:
 def calibration_batches(imgsz: tuple[int, int], images: Iterable[np.ndarray] | None = None,
                         batch_size: int = 4) -> list[torch.Tensor]:
     """Letterboxed float batches from BGR images (default: the shared sample images, else uniform noise)."""
-    from utils.augmentations import letterbox
-
     if images is None:
         images = _sample_images()
     tensors = [torch.from_numpy(letterbox(im, imgsz, auto=False)[0][:, :, ::-1].transpose(2, 0, 1).copy())
@@ -43,10 +46,6 @@ def calibration_batches(imgsz: tuple[int, int], images: Iterable[np.ndarray] | N
 
 
 def _sample_images() -> list[np.ndarray]:
-    import cv2
-
-    from utils.assets import assets_dir
-
     files = sorted((assets_dir() / "images").glob("*.jpg"))
     return [im for im in (cv2.imread(str(f)) for f in files) if im is not None]
 
@@ -68,8 +67,6 @@ def quantize_ptq(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module
 def export_int8_onnx(model: nn.Module, file: Path, imgsz: tuple[int, int], batch_size: int,
                      images: Iterable[np.ndarray] | None = None) -> Path:
     """benchmark.py's INT8 exporter: PTQ-calibrate a copy of `model` and write its INT8 ONNX to `file`."""
-    from utils.export import export_metadata, export_onnx, model_sparsity, prepare_model
-
     q = quantize_ptq(model, calibration_batches(tuple(imgsz), images))
     meta = export_metadata(q, tuple(imgsz), batch_size, False, model_sparsity(model))
     return export_onnx(prepare_model(q), file, imgsz, batch_size, dynamic=False, metadata=meta)

@@ -26,8 +26,14 @@ from .pipeline import OneShot, calibration_for, sweep_methods
 from .recipe_writer import write_recipe
 from .sweep import format_table, save_sweep, sparsity_header, write_csv
 from .weight_allocation import sensitivity_allocation
-from .weight_sensitivity import (DEFAULT_LEVELS, layer_sensitivity, plot_sensitivity, read_table, save_table,
-                                 table_from_rows)
+from .weight_sensitivity import (
+    DEFAULT_LEVELS,
+    layer_sensitivity,
+    plot_sensitivity,
+    read_table,
+    save_table,
+    table_from_rows,
+)
 
 HYP = Path(__file__).resolve().parents[2] / "data/hyps/hyp.scratch-low.yaml"
 

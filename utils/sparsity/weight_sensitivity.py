@@ -14,17 +14,25 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.logger import LOGGER
+
 from .activations import StageRunner, _stage_input, _State
 from .calibration import as_float
-from .obc import (LayerStats, _layer_modules, inverse_cholesky, prune_layer, prune_layer_magnitude,
-                  supports_reconstruction)
+from .obc import (
+    LayerStats,
+    _layer_modules,
+    inverse_cholesky,
+    prune_layer,
+    prune_layer_magnitude,
+    supports_reconstruction,
+)
 from .oneshot import bn_output_scale, following_batchnorms, split_targets
 
-from utils.logger import LOGGER
 DEFAULT_LEVELS = (0.3, 0.5, 0.7, 0.8, 0.9)
 COLUMNS = ("layer", "numel", "level", "score", "delta", "local")  # score: metric (distortion); local: layer error
 
@@ -209,7 +217,6 @@ def plot_sensitivity(rows: Sequence[Mapping], file: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     table = table_from_rows(rows)
     names, levels = list(table), sorted({lv for t in table.values() for lv in t})
@@ -235,8 +242,6 @@ def sensitivity_table(model: nn.Module, calibration: Sequence[torch.Tensor], exc
     On yolov5n/COCO128 at 640, obc at 50% scored 0.297 / 0.302 mAP50-95 with tables from 640 / 320 px images, and
     a probed table allocated as well as one measured at every level (0.256 vs 0.250 at 320).
     """
-    from .weight_sensitivity import layer_sensitivity, table_from_rows
-
     subset = table_batches(calibration, images, imgsz)
     LOGGER.info(f"obc: measuring per-layer sensitivity on {sum(len(b) for b in subset)} calibration images "
                 "(reused for every level)")

@@ -9,8 +9,15 @@ from .allocate import ALLOCATIONS, Budget, allocate, plan_cost
 from .graph import ChannelGraph
 from .importance import IMPORTANCE, TaylorAccumulator, group_scores, taylor_scores
 from .prune import channel_prune, plan_channels
-from .surgery import (MASKS_KEY, WIDTHS_KEY, apply_channel_widths, apply_masks, mask_params, remove_channels,
-                      remove_masked_channels)
+from .surgery import (
+                      MASKS_KEY,
+                      WIDTHS_KEY,
+                      apply_channel_widths,
+                      apply_masks,
+                      mask_params,
+                      remove_channels,
+                      remove_masked_channels,
+)
 
 __all__ = [
     "ALLOCATIONS", "Budget", "ChannelGraph", "IMPORTANCE", "MASKS_KEY", "TaylorAccumulator", "WIDTHS_KEY",

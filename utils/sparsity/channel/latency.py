@@ -16,6 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from utils.engines.profile import profile_onnxruntime
+from utils.export import export_onnx, prepare_model
+
 from .allocate import Budget, _cost, _round_keep, bisect_keep
 from .graph import ChannelGraph
 
@@ -72,8 +75,6 @@ def _give_back(graph: ChannelGraph, scores: dict[int, torch.Tensor], b: Budget, 
 
 def profile_layers(model: nn.Module, imgsz: int = 640, runs: int = 10, repeats: int = 3) -> dict[str, float]:
     """ONNX Runtime's per-layer ms of this (dense, unfused) model at batch 1, the median of `repeats` profiles."""
-    from utils.benchmark.profile import profile_onnxruntime
-    from utils.export import export_onnx, prepare_model
 
     with tempfile.TemporaryDirectory() as tmp:
         f = Path(tmp) / "dense.onnx"

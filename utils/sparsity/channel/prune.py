@@ -8,6 +8,8 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from utils.logger import LOGGER
+
 from .allocate import Budget, allocate, plan_cost, plan_from_keep, target_left
 from .graph import ChannelGraph
 from .importance import group_scores, taylor_scores
@@ -16,7 +18,6 @@ from .reconstruct import reconstruct
 from .sensitivity import greedy_keep, group_curves
 from .surgery import Plan, kept_outputs, remove_channels
 
-from utils.logger import LOGGER
 SENSITIVITY_IMAGES = 16
 
 

@@ -15,13 +15,14 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from utils.logger import LOGGER
+
 from ..calibration import as_float
 from ..weight_sensitivity import head_distortion
 from .allocate import Budget, _cost, _round_keep
 from .graph import ChannelGraph
 from .surgery import remove_channels
 
-from utils.logger import LOGGER
 LEVELS = (0.25, 0.5, 0.75)
 Curve = list[tuple[int, float]]  # (channels kept, distortion), from the whole group down
 

@@ -9,7 +9,6 @@ zero-padded border only.
 """
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from torch import nn

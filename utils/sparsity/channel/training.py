@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from utils.callbacks import Callback
+from utils.checkpoint import model_from_checkpoint
 
 from .surgery import MASKS_KEY, WIDTHS_KEY, apply_channel_widths
 
@@ -35,8 +36,6 @@ class ChannelLayoutCallback(Callback):
 
 def _remove_masked(trainer: Trainer, ckpt: dict) -> None:
     """Swap the checkpoint's dense masked weights for the physically pruned ones (the loader removes the masks)."""
-    from utils.checkpoint import model_from_checkpoint
-
     pruned = model_from_checkpoint(ckpt, getattr(trainer.opt, "weights", "checkpoint"))
     ckpt["model"] = pruned.state_dict()
     ckpt["yaml"] = {k: v for k, v in pruned.yaml.items() if k != MASKS_KEY}

@@ -1,6 +1,6 @@
 """Per-layer time from ONNX Runtime's own profiler, summed per YOLOv5 layer (model.N), to see where time goes.
 
-    python -m utils.benchmark.profile yolov5s.onnx yolov5s_cp50.onnx --runs 10
+    python -m utils.engines.profile yolov5s.onnx yolov5s_cp50.onnx --runs 10
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.engines.onnxruntime_engine import import_onnxruntime, session_options
+
 LAYER = re.compile(r"model[./](\d+)")
 
 
@@ -24,8 +26,6 @@ def layer_of(node_name: str) -> str:
 
 def profile_onnxruntime(path: str | Path, runs: int = 10, warmup: int = 2, threads: int | None = None) -> dict:
     """{layer: ms per run} from ORT's profiler (same session settings as our engine), plus 'total'."""
-    from utils.engines.onnxruntime_engine import import_onnxruntime, session_options
-
     ort = import_onnxruntime()
     opts = session_options(threads)
     opts.enable_profiling = True
