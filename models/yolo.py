@@ -185,8 +185,8 @@ class DetectionModel(nn.Module):
         with torch.no_grad():
             feats = self.forward(torch.zeros(1, ch, s, s))
         m.stride = torch.tensor([s / x.shape[-2] for x in feats])
-        check_anchor_order(m)
         m.anchors /= m.stride.view(-1, 1, 1)
+        check_anchor_order(m)
         self.stride = m.stride
         self._initialize_biases()
 
@@ -224,12 +224,17 @@ class DetectionModel(nn.Module):
 Model = DetectionModel  # Ultralytics alias
 
 
-def check_anchor_order(m: Detect) -> None:
-    """Anchors must grow with stride; flip them if a yaml lists them backwards."""
-    a = m.anchors.prod(-1).mean(-1).view(-1)
-    da, ds = a[-1] - a[0], m.stride[-1] - m.stride[0]
+def check_anchor_order(m: Detect) -> bool:
+    """Put the smallest anchors on the finest stride (P3), judged in pixels (anchors are in grid units); True if it
+    had to flip them (a yaml or a k-means fit listed them backwards)."""
+    stride = torch.as_tensor(m.stride).to(device=m.anchors.device, dtype=m.anchors.dtype).view(-1, 1, 1)
+    pixels = m.anchors * stride
+    area = pixels.prod(-1).mean(-1).view(-1)
+    da, ds = area[-1] - area[0], stride.view(-1)[-1] - stride.view(-1)[0]
     if da and (da.sign() != ds.sign()):
-        m.anchors[:] = m.anchors.flip(0)
+        m.anchors[:] = (pixels.flip(0) / stride).view_as(m.anchors)
+        return True
+    return False
 
 
 def initialize_weights(model: nn.Module) -> None:

@@ -11,6 +11,8 @@ import random
 import cv2
 import numpy as np
 
+from utils.boxes import xywhn2xyxy
+
 # hyp.scratch-low.yaml values: used for any augmentation key the caller's hyp does not set
 DEFAULT_HYP = {
     "hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4, "degrees": 0.0, "translate": 0.1, "scale": 0.5, "shear": 0.0,
@@ -22,30 +24,6 @@ PAD_VALUE = 114  # grey used for letterbox/mosaic fill everywhere, so padding lo
 def with_defaults(hyp: dict | None) -> dict:
     """Augmentation hyperparameters with missing keys filled from hyp.scratch-low."""
     return {**DEFAULT_HYP, **(hyp or {})}
-
-
-def xywhn2xyxy(x: np.ndarray, w: float, h: float, padw: float = 0.0, padh: float = 0.0) -> np.ndarray:
-    """Normalized centre boxes to pixel corners in a (possibly padded/offset) image."""
-    y = np.empty_like(x)
-    y[:, 0] = w * (x[:, 0] - x[:, 2] / 2) + padw
-    y[:, 1] = h * (x[:, 1] - x[:, 3] / 2) + padh
-    y[:, 2] = w * (x[:, 0] + x[:, 2] / 2) + padw
-    y[:, 3] = h * (x[:, 1] + x[:, 3] / 2) + padh
-    return y
-
-
-def xyxy2xywhn(x: np.ndarray, w: float, h: float, clip: bool = False, eps: float = 0.0) -> np.ndarray:
-    """Pixel corners to normalized centre boxes; clip keeps boxes just inside the image (eps px), as val expects."""
-    if clip:
-        x = x.copy()
-        x[:, [0, 2]] = x[:, [0, 2]].clip(0, w - eps)
-        x[:, [1, 3]] = x[:, [1, 3]].clip(0, h - eps)
-    y = np.empty_like(x)
-    y[:, 0] = (x[:, 0] + x[:, 2]) / 2 / w
-    y[:, 1] = (x[:, 1] + x[:, 3]) / 2 / h
-    y[:, 2] = (x[:, 2] - x[:, 0]) / w
-    y[:, 3] = (x[:, 3] - x[:, 1]) / h
-    return y
 
 
 def mosaic_placement(i: int, xc: int, yc: int, w: int, h: int, s: int) -> tuple[tuple[int, ...], tuple[int, ...]]:

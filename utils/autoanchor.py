@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.yolo import check_anchor_order
 from utils.torch_utils import de_parallel
 
 PREFIX = "AutoAnchor: "
@@ -16,19 +17,6 @@ def _stride(detect: Any) -> torch.Tensor:
     """Detect strides as a (nl, 1, 1) tensor matching the anchors' device and dtype."""
     s = torch.as_tensor(detect.stride)
     return s.to(device=detect.anchors.device, dtype=detect.anchors.dtype).view(-1, 1, 1)
-
-
-def check_anchor_order(detect: Any) -> bool:
-    """Put the smallest anchors on the finest stride (P3) so each scale predicts the box sizes it can see; True if flipped."""
-    stride = _stride(detect)
-    pixels = detect.anchors * stride  # grid units -> pixels: order must be judged in image space
-    area = pixels.prod(-1).mean(-1).view(-1)
-    da, ds = area[-1] - area[0], stride.view(-1)[-1] - stride.view(-1)[0]
-    if da and (da.sign() != ds.sign()):
-        print(f"{PREFIX}Reversing anchor order")
-        detect.anchors[:] = (pixels.flip(0) / stride).view_as(detect.anchors)
-        return True
-    return False
 
 
 def anchor_metrics(wh: np.ndarray, anchors: np.ndarray, thr: float = 4.0) -> tuple[float, float]:
@@ -70,7 +58,8 @@ def check_anchors(dataset: Any, model: Any, thr: float = 4.0, imgsz: int = 640) 
         return bpr
     new_t = torch.tensor(new, device=detect.anchors.device, dtype=detect.anchors.dtype)
     detect.anchors[:] = new_t.view_as(detect.anchors) / stride
-    check_anchor_order(detect)
+    if check_anchor_order(detect):
+        print(f"{PREFIX}Reversing anchor order")
     print(f"{PREFIX}Done, new BPR {new_bpr:.3f} (optional: update the model *.yaml to use these anchors in the future)")
     return new_bpr
 

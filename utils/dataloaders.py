@@ -17,8 +17,8 @@ import psutil
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler, distributed
 
-from utils.augment_train import (build_mosaic, mixup, augment_hsv, random_flips, random_perspective, with_defaults,
-                                 xywhn2xyxy, xyxy2xywhn)
+from utils.augment_train import augment_hsv, build_mosaic, mixup, random_flips, random_perspective, with_defaults
+from utils.boxes import xywhn2xyxy, xyxy2xywhn
 from utils.augmentations import letterbox
 from utils.data_config import DatasetError
 from utils.labels import IMG_FORMATS, LabelScan, is_writable_dir, load_or_scan
