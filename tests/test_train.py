@@ -210,6 +210,18 @@ def common_args(data: Path, weights: Path, project: Path, imgsz: int = 160, epoc
             "--batch-size", "4", "--workers", "0", "--device", "cpu", "--project", str(project)]
 
 
+def trained_params(before: Path, after: Path) -> tuple[int, int]:
+    """(changed, total) float parameter tensors between two checkpoints' models: buffers (BN statistics, anchors)
+    move without a single optimizer step, so only nn.Parameters tell that training trained."""
+    from utils.checkpoint import load_model
+    ref = load_model(before)
+    new = torch.load(after, map_location="cpu", weights_only=True)["model"]
+    names = [k for k, _ in ref.named_parameters()]
+    ref_sd = ref.state_dict()
+    assert names and all(k in new for k in names)
+    return sum(not torch.equal(ref_sd[k].float(), new[k].float()) for k in names), len(names)
+
+
 def test_finetune_writes_all_outputs(tmp_path: Path, coco128_dir: Path, yolov5n_pt: Path) -> None:
     from utils.checkpoint import load_model
     data = tiny_data(tmp_path, coco128_dir)
@@ -224,6 +236,8 @@ def test_finetune_writes_all_outputs(tmp_path: Path, coco128_dir: Path, yolov5n_
     assert float(rows[-1][6]) > 0.3  # pretrained yolov5n keeps detecting the training images (mAP@0.5)
     ckpt = torch.load(out / "weights/last.pt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 1 and "optimizer" not in ckpt and len(ckpt["names"]) == 80  # stripped at the end
+    changed, total = trained_params(yolov5n_pt, out / "weights/last.pt")
+    assert changed > 0.9 * total, (changed, total)  # the optimizer stepped: (nearly) every weight and bias moved
     model = load_model(out / "weights/last.pt")
     assert model(torch.zeros(1, 3, 160, 160))[0].shape == (1, 3 * (20 * 20 + 10 * 10 + 5 * 5), 85)
     opt = yaml.safe_load((out / "opt.yaml").read_text())
@@ -265,6 +279,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path, coco128_dir: 
     a = torch.load(tmp_path / "runs/full/weights/last.pt", weights_only=True)["model"]
     b = torch.load(cut / "weights/last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical weights, not just equal csv digits
+    changed, total = trained_params(yolov5n_pt, cut / "weights/last.pt")  # identical because both trained, not
+    assert changed > 0.9 * total, (changed, total)  # because neither did (a no-op trainer also resumes exactly)
 
 
 HOOK_SCRIPT = """
