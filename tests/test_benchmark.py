@@ -56,9 +56,39 @@ def test_async_streams_share_exactly_n_measured():
     assert step.calls == 14 and m.iterations == 10 and m.streams == 3
 
 
-def test_time_budget_measures_at_least_one_batch():
-    m = measure_sync(CountingStep(), [np.zeros((8, 8, 3), np.uint8)], warmup=0, iterations=1, time_s=0.01)
-    assert m.iterations >= 1
+class SleepingStep(CountingStep):
+    """A batch that takes at least `s` seconds of wall time."""
+
+    def __init__(self, s: float) -> None:
+        super().__init__()
+        self.s = s
+
+    def __call__(self, images):
+        import time
+        time.sleep(self.s)
+        return super().__call__(images)
+
+
+@pytest.mark.parametrize("streams", [0, 2])  # 0: measure_sync
+def test_time_budget_measures_at_least_one_batch(streams):
+    """time_s overrides iterations: 0.2 s of 20 ms batches is about 10 batches, not iterations=1 ..."""
+    images = [np.zeros((8, 8, 3), np.uint8)]
+
+    def measure(step, time_s):
+        if streams:
+            return measure_async(step, images, streams=streams, warmup=0, iterations=1, time_s=time_s)
+        return measure_sync(step, images, warmup=0, iterations=1, time_s=time_s)
+
+    step = SleepingStep(0.02)
+    m = measure(step, 0.2)
+    per_stream = m.iterations / max(streams, 1)
+    # at least 2 batches per stream unless one 20 ms sleep overran 100 ms; at most 0.2/0.02 + 1 (each sleep >= 20 ms)
+    assert 2 <= per_stream <= 11 and step.calls == m.iterations, (m.iterations, step.calls)
+    assert m.wall_s >= 0.2
+    # ... and a budget shorter than one batch still measures exactly one (per stream at most)
+    step = SleepingStep(0.05)
+    m = measure(step, 0.0)
+    assert 1 <= m.iterations <= max(streams, 1) and step.calls == m.iterations
 
 
 def test_pipeline_on_tiny_torch_model_counts_engine_calls(tiny_model, bus_jpg):
