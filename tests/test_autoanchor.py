@@ -50,9 +50,15 @@ def test_kmean_anchors_returns_sorted_fitting_anchors():
     np.testing.assert_array_equal(k, again)  # seeded: reproducible
 
 
-def test_kmean_anchors_falls_back_when_too_few_boxes():
-    k = kmean_anchors(fake_dataset(np.array([[20.0, 20.0], [40.0, 40.0]])), n=9, gen=50, verbose=False)
+def test_kmean_anchors_falls_back_when_too_few_boxes(capsys):
+    wh = np.array([[20.0, 20.0], [40.0, 40.0]])
+    k = kmean_anchors(fake_dataset(wh), n=9, gen=50, verbose=False)
+    assert "switching strategies from kmeans to random init" in capsys.readouterr().out  # 2 boxes < 9 clusters
     assert k.shape == (9, 2) and (k >= 2.0).all()
+    assert (np.diff(k.prod(1)) >= 0).all()  # sorted by area
+    bpr, _ = anchor_metrics(wh, k, 4.0)
+    assert bpr == 1.0  # after evolution both boxes have an anchor within the 4x ratio the loss accepts
+    assert np.array_equal(k, kmean_anchors(fake_dataset(wh), n=9, gen=50, verbose=False))  # seeded
 
 
 def test_check_anchors_leaves_good_anchors_alone(capsys):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from models.common import Conv
 from models.yolo import DetectionModel
 from utils.sparsity.channel import (MASKS_KEY, WIDTHS_KEY, Budget, ChannelGraph, apply_masks, channel_prune,
                                     plan_channels, remove_channels, remove_masked_channels)
@@ -57,9 +58,29 @@ def _consumers(graph: ChannelGraph, key: str) -> list[tuple[str, int]]:
 
 
 # ------------------------------------------------------------------------------------------------ analysis
+def _expected_groups(model: nn.Module) -> int:
+    """Counted from the modules, not the graph: every Conv block opens a channel group, except the cv2 of a
+    residual Bottleneck, whose output is added to (so shares the group of) the bottleneck input."""
+    from models.common import Bottleneck, Conv
+    blocks = sum(isinstance(m, Conv) for m in model.modules())
+    residual = sum(isinstance(m, Bottleneck) and m.add for m in model.modules())
+    return blocks - residual
+
+
+@pytest.mark.parametrize("cfg", ["yolov5n.yaml", "yolov5s.yaml"])
+def test_group_count_follows_the_modules(cfg: str) -> None:
+    model = DetectionModel(cfg)
+    expected = _expected_groups(model)
+    assert expected == 57 - 7  # v5 v6.0+: 57 Conv blocks; residual bottlenecks 1 + 2 + 3 + 1 in the backbone C3s
+    g = ChannelGraph(model)
+    assert len(g.groups) == expected and len(g.prunable()) == expected  # nothing unknown or grouped to freeze
+    assert sum(len(gr.sources) for gr in g.groups.values()) == sum(isinstance(m, Conv) for m in model.modules())
+
+
 def test_groups_follow_yolov5_structure() -> None:
-    g = ChannelGraph(DetectionModel("yolov5s.yaml"))
-    assert len(g.groups) == 50 and len(g.prunable()) == 50
+    model = DetectionModel("yolov5s.yaml")
+    g = ChannelGraph(model)
+    assert len(g.groups) == len(g.prunable()) == _expected_groups(model)
     # backbone C3 with 2 residual bottlenecks: C3.cv1 and both cv2 outputs are one group, read by m.*.cv1 and cv3
     assert g.by_key["model.4.cv1"].sources == ["model.4.cv1", "model.4.m.0.cv2", "model.4.m.1.cv2"]
     assert _consumers(g, "model.4.cv1") == [("model.4.cv3.conv", 0), ("model.4.m.0.cv1.conv", 0),

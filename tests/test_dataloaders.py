@@ -321,14 +321,49 @@ def test_seeded_item_leaves_caller_random_streams_alone(train_set):
     assert (random.random(), np.random.rand()) == want
 
 
+SHARD_SCRIPT = """
+import json, sys
+sys.path.insert(0, {root!r})
+import torch.distributed as dist
+from utils.dataloaders import create_dataloader
+
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", init_method={store!r}, rank=rank, world_size=2)
+try:
+    loader, ds = create_dataloader({images!r}, 128, 8, 32, rank=rank, workers=0, shuffle=True)
+    out = {{"n": len(ds), "sampler": type(loader.batch_sampler.sampler).__name__, "epochs": []}}
+    for epoch in (0, 1):
+        loader.batch_sampler.set_epoch(epoch)
+        out["epochs"].append([i for batch in loader.batch_sampler for i, _ in batch])
+finally:
+    dist.destroy_process_group()
+json.dump(out, open({out!r} % rank, "w"))
+"""
+
+
 def test_distributed_sampler_when_rank_set(coco128, tmp_path):
-    import torch.distributed as dist
-    dist.init_process_group("gloo", init_method=(tmp_path / "store").as_uri(), rank=0, world_size=1)
-    try:
-        loader, _ = create_dataloader(str(coco128 / "images" / "train2017"), 128, 8, 32, rank=0, workers=0)
-    finally:
-        dist.destroy_process_group()
-    assert isinstance(loader.batch_sampler.sampler, torch.utils.data.distributed.DistributedSampler)
+    """Two real ranks (gloo, two processes): disjoint shards that together cover the dataset, every epoch."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "shard.py"
+    script.write_text(SHARD_SCRIPT.format(root=str(ROOT), store=(tmp_path / "store").as_uri(),
+                                          images=str(coco128 / "images" / "train2017"),
+                                          out=str(tmp_path / "rank%d.json")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(script), str(r)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    n = r0["n"]
+    assert n == r1["n"] == 128 and r0["sampler"] == r1["sampler"] == "DistributedSampler"
+    for a, b in zip(r0["epochs"], r1["epochs"]):
+        assert len(a) == len(b) == n // 2  # 128 is even: no padding, so an exact split
+        assert set(a).isdisjoint(b) and sorted(a + b) == list(range(n))
+    assert r0["epochs"][0] != r0["epochs"][1]  # set_epoch reshuffles the shards
+    assert r0["epochs"][0] != sorted(r0["epochs"][0])  # shuffle=True really shuffles
 
 
 def test_rect_disables_shuffle_and_mosaic(coco128):

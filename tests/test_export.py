@@ -79,9 +79,32 @@ def test_export_pruned_checkpoint(pruned_ckpt, bus_jpg, capsys):
 
 
 def test_onnx_sparsity_reads_quantized_zero_points(assets):
-    """INT8 convs count weights equal to their zero point; the reference file is ~7% such weights, not sparse."""
-    m = onnx_conv_sparsity(assets / "reference_onnx" / "yolov5n_pistols1cls_qat_int8_416.onnx")
-    assert m["total"] > 1_000_000 and 0.02 < m["sparsity"] < 0.15
+    """INT8 convs count weights equal to their zero point, checked against a count made here with onnx + numpy."""
+    import onnx
+    from onnx import numpy_helper
+
+    f = assets / "reference_onnx" / "yolov5n_pistols1cls_qat_int8_416.onnx"
+    proto = onnx.load(str(f))
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    zeros = literal = total = n = 0
+    for node in proto.graph.node:
+        if node.op_type == "QLinearConv":  # inputs: x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp[, B]
+            w, zp = inits[node.input[3]], inits[node.input[5]]
+            zp = zp.reshape(-1, 1, 1, 1) if zp.ndim == 1 else zp  # per-output-channel or per-tensor
+        elif node.op_type == "Conv":  # Detect's float 1x1 convs
+            w, zp = inits[node.input[1]], 0
+        else:
+            continue
+        zeros, literal, total, n = zeros + int((w == zp).sum()), literal + int((w == 0).sum()), total + w.size, n + 1
+    # the file holds every conv of a 1-class yolov5n, nothing more or less
+    dense = DetectionModel("models/yolov5n.yaml", nc=1)
+    convs = [m for m in dense.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert n == len(convs) and total == sum(m.weight.numel() for m in convs)
+    assert literal != zeros  # uint8 weights at zero point 128: counting literal zeros would give another number
+
+    m = onnx_conv_sparsity(f)
+    assert (m["zeros"], m["total"], len(m["layers"])) == (zeros, total, n)
+    assert m["sparsity"] == pytest.approx(zeros / total, abs=0)
 
 
 def test_recipe_summary():

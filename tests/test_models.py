@@ -39,9 +39,23 @@ def test_api_alias_and_forward_shapes() -> None:
 def test_fuse_keeps_outputs() -> None:
     torch.manual_seed(0)
     model = DetectionModel("yolov5n.yaml").eval()
+    # Default BN (mean 0, var 1, weight 1, bias 0) lets a fuse that drops running_mean, running_var, eps or the
+    # affine pass unnoticed: give every BN distinct non-trivial statistics first (eps large enough to matter).
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) > 50
+    with torch.no_grad():
+        for bn in bns:
+            c = bn.num_features
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.eps = 0.1  # 0.1 against var in [0.5, 2]: a fuse without eps is off by up to 10% per layer
+            assert c == bn.running_mean.numel()
     x = torch.rand(1, 3, 64, 64)
     before = model(x)[0]
     after = model.fuse()(x)[0]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # every BN was folded
     assert torch.allclose(before, after, rtol=1e-3, atol=1e-3)
 
 

@@ -57,6 +57,16 @@ def test_sensitivity_allocation_fills_unknown_layers_with_the_mean_curve():
     table = {"model.0.conv.weight": {0.5: 0.1, 0.9: 1.0}}
     counts = sensitivity_allocation(p, 1000, table)
     assert sum(counts.values()) == 1000
+    # the unknown layer gets the mean curve, here the one known curve: two identical layers split the zeros evenly
+    assert counts == {"model.0.conv.weight": 500, "model.1.conv.weight": 500}
+    # with a sensitive and a robust known layer, the unknown one gets their mean: pruned in between
+    p = params(1000, 1000, 1000)
+    levels = [0.25, 0.5, 0.75, 0.9]
+    table = {"model.0.conv.weight": {lv: 10 * lv**2 for lv in levels},
+             "model.1.conv.weight": {lv: 0.1 * lv**2 for lv in levels}}
+    counts = sensitivity_allocation(p, 1500, table, max_layer=0.95)
+    assert sum(counts.values()) == 1500
+    assert counts["model.0.conv.weight"] < counts["model.2.conv.weight"] < counts["model.1.conv.weight"], counts
 
 
 def test_head_distortion_is_zero_for_identical_and_grows_with_change():

@@ -210,6 +210,18 @@ def common_args(data: Path, weights: Path, project: Path, imgsz: int = 160, epoc
             "--batch-size", "4", "--workers", "0", "--device", "cpu", "--project", str(project)]
 
 
+def trained_params(before: Path, after: Path) -> tuple[int, int]:
+    """(changed, total) float parameter tensors between two checkpoints' models: buffers (BN statistics, anchors)
+    move without a single optimizer step, so only nn.Parameters tell that training trained."""
+    from utils.checkpoint import load_model
+    ref = load_model(before)
+    new = torch.load(after, map_location="cpu", weights_only=True)["model"]
+    names = [k for k, _ in ref.named_parameters()]
+    ref_sd = ref.state_dict()
+    assert names and all(k in new for k in names)
+    return sum(not torch.equal(ref_sd[k].float(), new[k].float()) for k in names), len(names)
+
+
 def test_finetune_writes_all_outputs(tmp_path: Path, coco128_dir: Path, yolov5n_pt: Path) -> None:
     from utils.checkpoint import load_model
     data = tiny_data(tmp_path, coco128_dir)
@@ -224,6 +236,8 @@ def test_finetune_writes_all_outputs(tmp_path: Path, coco128_dir: Path, yolov5n_
     assert float(rows[-1][6]) > 0.3  # pretrained yolov5n keeps detecting the training images (mAP@0.5)
     ckpt = torch.load(out / "weights/last.pt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 1 and "optimizer" not in ckpt and len(ckpt["names"]) == 80  # stripped at the end
+    changed, total = trained_params(yolov5n_pt, out / "weights/last.pt")
+    assert changed > 0.9 * total, (changed, total)  # the optimizer stepped: (nearly) every weight and bias moved
     model = load_model(out / "weights/last.pt")
     assert model(torch.zeros(1, 3, 160, 160))[0].shape == (1, 3 * (20 * 20 + 10 * 10 + 5 * 5), 85)
     opt = yaml.safe_load((out / "opt.yaml").read_text())
@@ -265,6 +279,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path, coco128_dir: 
     a = torch.load(tmp_path / "runs/full/weights/last.pt", weights_only=True)["model"]
     b = torch.load(cut / "weights/last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical weights, not just equal csv digits
+    changed, total = trained_params(yolov5n_pt, cut / "weights/last.pt")  # identical because both trained, not
+    assert changed > 0.9 * total, (changed, total)  # because neither did (a no-op trainer also resumes exactly)
 
 
 HOOK_SCRIPT = """
@@ -322,14 +338,50 @@ def test_callbacks_steer_epochs_ema_lr_and_checkpoint(tmp_path: Path, coco128_di
     assert ckpt["recipe"] == "version: 1.1.0" and ckpt["callbacks"] == {"Recipe": {"epochs_seen": 2}}
 
 
+RANK_DUMP_SCRIPT = """
+import os, sys
+sys.path.insert(0, {root!r})
+import torch
+import train
+from utils.callbacks import Callback
+from utils.train_utils import de_parallel
+
+class DumpRankWeights(Callback):  # each rank writes the raw (non-EMA) weights it ends with
+    def on_train_end(self, trainer):
+        sd = {{k: p.detach().cpu().clone() for k, p in de_parallel(trainer.model).named_parameters()}}
+        torch.save(sd, os.path.join({out!r}, "rank%s.pt" % os.environ.get("RANK", "-1")))
+
+train.main(train.parse_opt(), callbacks=[DumpRankWeights()])
+"""
+
+
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes(tmp_path: Path, coco128_dir: Path, yolov5n_pt: Path) -> None:
+    from utils.checkpoint import load_model
     data = tiny_data(tmp_path, coco128_dir)
     args = common_args(data, yolov5n_pt, tmp_path / "runs", imgsz=128, epochs=1) + ["--name", "ddp", "--noplots"]
-    r = run_train(args, launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                  "--nproc_per_node", "2"])
+    script = tmp_path / "dump_ranks.py"
+    script.write_text(RANK_DUMP_SCRIPT.format(root=str(ROOT), out=str(tmp_path)))
+    r = run_train(args, script=script, launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                 "--nproc_per_node", "2"])
     out = tmp_path / "runs" / "ddp"
     rows = read_rows(out / "results.csv")
     assert len(rows) == 2 and float(rows[1][6]) > 0.2  # one row: rank 0 alone validates and logs
     assert (out / "weights/best.pt").is_file() and not (tmp_path / "runs/ddp2").exists()  # one shared save_dir
     assert (r.stdout + r.stderr).count("Starting training") == 1
+
+    # DDP all-reduces gradients: both ranks step the same optimizer on the same gradient and end bit-identical
+    w0, w1 = (torch.load(tmp_path / f"rank{k}.pt", weights_only=True) for k in (0, 1))
+    assert w0.keys() == w1.keys() and len(w0) > 100
+    assert [k for k in w0 if not torch.equal(w0[k], w1[k])] == []
+    # ... and they trained: the weights moved away from the pretrained ones (mAP50 > 0.2 holds untrained too)
+    ref = dict(load_model(yolov5n_pt).named_parameters())
+    moved = sum(not torch.equal(ref[k].detach(), w0[k]) for k in w0)
+    assert moved > 0.9 * len(w0), (moved, len(w0))
+    changed, total = trained_params(yolov5n_pt, out / "weights/last.pt")  # the saved EMA moved too
+    assert changed > 0.9 * total, (changed, total)
+    # Not compared with a single-process run of the same global batch and seed: it cannot be bit-equal, and no
+    # tolerance would be principled. On CPU there is no SyncBN, so each rank normalises with the statistics of its
+    # own 2 images instead of 4; each rank seeds its augmentation RNG with seed + 1 + rank, so the mosaics differ;
+    # and the box/cls losses are means over each shard's targets, which the x world_size rescale equals the
+    # single-process mean only when both shards hold the same number of targets.
