@@ -43,13 +43,16 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dynamic", action="store_true", help="dynamic batch/height/width axes")
     parser.add_argument("--simplify", action="store_true", help="run onnx-simplifier (only if onnxsim is installed)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
+    parser.add_argument("--verify-strict", action="store_true",
+                        help="exit non-zero when the exported file disagrees with PyTorch on the check image")
     deprecated.add_export_args(parser)  # old one-shot flags: aliases of prune.py
     return parser.parse_args(argv)
 
 
 def run(weights: str = "yolov5n.pt", imgsz: list[int] | int = (640,), batch_size: int = 1, device: str = "cpu",
         include: list[str] | tuple[str, ...] = ("onnx",), dynamic: bool = False, simplify: bool = False,
-        opset: int = DEFAULT_OPSET, prune: Callable[[nn.Module], str] | None = None) -> list[Path]:
+        opset: int = DEFAULT_OPSET, verify_strict: bool = False,
+        prune: Callable[[nn.Module], str] | None = None) -> list[Path]:
     """Export and return the written paths (ONNX file first); `prune` edits the loaded model first (old flags)."""
     include = tuple(f.lower() for f in include)
     unknown = [f for f in include if f not in FORMATS]
@@ -60,7 +63,8 @@ def run(weights: str = "yolov5n.pt", imgsz: list[int] | int = (640,), batch_size
         raise SystemExit(f"export: weights file {weights} not found; pass --weights path/to/model.pt")
     sizes = [imgsz] if isinstance(imgsz, int) else list(imgsz)
     hw = (sizes[0], sizes[-1])
-    return export_weights(weights, include, hw, batch_size, dynamic, opset, simplify, device, prune=prune)["files"]
+    return export_weights(weights, include, hw, batch_size, dynamic, opset, simplify, device, prune=prune,
+                          verify_strict=verify_strict)["files"]
 
 
 def main(opt: argparse.Namespace) -> list[Path]:

@@ -263,7 +263,7 @@ def test_async_is_na_for_engines_without_streams(tmp_path):
 
 
 def test_onnx_precision_detects_int8(assets):
-    assert variants.onnx_precision(assets / "reference_onnx" / "yolov5n_pistols1cls_qat_int8_416.onnx") == "INT8"
+    assert onnx_precision(assets / "reference_onnx" / "yolov5n_pistols1cls_qat_int8_416.onnx") == "INT8"
 
 
 def test_bad_input_one_clear_message(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from onnx import numpy_helper
 
 from utils.checkpoint import load_model
-from utils.export_onnx import export_weights, load_image_batch, verify_onnx
+from utils.export import export_weights, load_image_batch, verify_onnx
 
 IMGSZ = (320, 320)
 
@@ -55,8 +55,6 @@ def test_verify_reports_disagreement_for_a_broken_file(exported):
     assert v["max_rel"] > 0.05 and v["max_box_px"] > 1.0
 
 
-@pytest.mark.xfail(strict=True, reason="verify_onnx returns numbers only, no verdict; needs an 'agrees' flag "
-                                       "(plus a warning, and export --verify-strict exiting non-zero on False)")
 def test_verify_gives_a_verdict(exported):
     model, good, broken, batch = exported
     assert verify_onnx(model, good, batch)["agrees"] is True
@@ -64,7 +62,6 @@ def test_verify_gives_a_verdict(exported):
     assert verify_onnx(model, broken[2], batch)["agrees"] is False  # detections match, raw outputs do not
 
 
-@pytest.mark.xfail(strict=True, reason="export.py has no --verify-strict option yet")
 def test_export_has_a_verify_strict_option():
     import export
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from utils.checkpoint import load_model
 from utils.engines import check_onnx_file, reads_exported_files
-from utils.export import DEFAULT_OPSET, export_metadata, export_onnx, onnx_conv_sparsity, prepare_model
+from utils.export import DEFAULT_OPSET, onnx_precision, export_metadata, export_onnx, onnx_conv_sparsity, prepare_model
 from utils.sparsity.measure import global_sparsity
 from utils.sparsity.methods import METHODS, PruneContext, get_method
 from utils.sparsity.oneshot import bn_recalibrate
@@ -29,9 +29,6 @@ Int8Exporter = Callable[[nn.Module, Path, tuple[int, int], int], Path]
 INT8_ENTRY_POINT = "utils.sparsity.ptq:export_int8_onnx"
 _INT8_EXPORTERS: list[Int8Exporter] = []
 FILE_DENSE_BELOW = 0.10
-QUANT_OPS = {"ConvInteger", "QLinearConv", "MatMulInteger", "QLinearMatMul", "QuantizeLinear", "DequantizeLinear"}
-
-
 class NotApplicable(RuntimeError):
     """This variant cannot run on that engine (e.g. an ONNX file in PyTorch); the row is reported as n/a."""
 
@@ -214,15 +211,6 @@ def int8_variants(fp32: list[Variant], exporter: Int8Exporter) -> list[Variant]:
     return [Variant(v.name.replace(" FP32", " INT8"), v.group, v.sparsity, v.pattern, "INT8", model=v.model,
                     exporter=exporter, source=f"{v.source}, INT8 export")
             for v in fp32 if v.model is not None and v.precision == "FP32"]
-
-
-def onnx_precision(file: Path) -> str:
-    """'INT8' when the graph holds quantized ops, else 'FP16'/'FP32' from the first float initializer."""
-    proto = onnx.load(str(file), load_external_data=False)
-    if any(n.op_type in QUANT_OPS for n in proto.graph.node):
-        return "INT8"
-    fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
-    return "FP16" if fp16 else "FP32"
 
 
 def file_variant(path: Path, opset: int) -> Variant:

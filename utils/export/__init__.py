@@ -10,10 +10,10 @@ from .metadata import export_metadata, model_sparsity, recipe_summary
 from .openvino import export_openvino
 from .pipeline import export_weights, output_path
 from .prepare import INPUT_NAME, OUTPUT_NAME, prepare_model
-from .report import onnx_conv_sparsity
+from .report import onnx_conv_sparsity, onnx_precision
 from .trace import DEFAULT_OPSET, export_onnx
 from .verify import load_image_batch, match_detections, verify_onnx
 
 __all__ = ["DEFAULT_OPSET", "INPUT_NAME", "OUTPUT_NAME", "export_metadata", "export_onnx", "export_openvino",
-           "export_weights", "load_image_batch", "match_detections", "model_sparsity", "onnx_conv_sparsity",
+           "export_weights", "load_image_batch", "match_detections", "model_sparsity", "onnx_conv_sparsity", "onnx_precision",
            "output_path", "prepare_model", "recipe_summary", "verify_onnx"]

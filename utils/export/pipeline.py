@@ -32,7 +32,7 @@ def output_path(weights: Path, suffix: str = ".onnx", log=print) -> Path:
 
 def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), imgsz: int | tuple[int, int] = 640,
                    batch_size: int = 1, dynamic: bool = False, opset: int = DEFAULT_OPSET, simplify: bool = False,
-                   device: str = "cpu", verify: bool = True, log=print,
+                   device: str = "cpu", verify: bool = True, log=print, verify_strict: bool = False,
                    prune: Callable[[nn.Module], str] | None = None) -> dict[str, Any]:
     """Checkpoint -> ONNX (+ OpenVINO) next to it, with metadata, a sparsity check, a numeric check and sizes.
 
@@ -59,6 +59,9 @@ def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), im
         # against the unfused model, so BN folding is checked too
         result["verify"] = verify_onnx(model, onnx_file, np.repeat(batch, batch_size, 0))
         log(verify_line(result["verify"], source))
+        if verify_strict and not result["verify"]["agrees"]:
+            raise ValueError(f"export: --verify-strict: {onnx_file} disagrees with PyTorch on {source} (written, "
+                             f"but do not deploy it); see the line above")
     if "openvino" in include:
         ov_dir = export_openvino(onnx_file, meta)
         result["files"].append(ov_dir)

@@ -10,6 +10,7 @@ import onnx
 from onnx import numpy_helper
 
 # weight input index per conv op type; quantized ops also name the weight zero point so "zero" means == zero point
+QUANT_OPS = {"ConvInteger", "QLinearConv", "MatMulInteger", "QLinearMatMul", "QuantizeLinear", "DequantizeLinear"}
 CONV_WEIGHT_INPUTS = {"Conv": (1, None), "ConvInteger": (1, 3), "QLinearConv": (3, 5)}
 
 
@@ -80,3 +81,12 @@ def format_sizes(sizes: dict[str, tuple[int, int | None]]) -> str:
         packed = f"{gz / 1e6:>11.2f} {gz / max(raw, 1):>6.2f}" if gz is not None else f"{'-':>11} {'-':>6}"
         rows.append(f"{name:<40} {raw / 1e6:>9.2f} {packed}")
     return "\n".join(rows)
+
+
+def onnx_precision(file: str | Path) -> str:
+    """'INT8' when the graph holds quantized ops, else 'FP16'/'FP32' from the float initializers."""
+    proto = onnx.load(str(file), load_external_data=False)
+    if any(n.op_type in QUANT_OPS for n in proto.graph.node):
+        return "INT8"
+    fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
+    return "FP16" if fp16 else "FP32"
