@@ -52,9 +52,10 @@ def run(data: str = "data/coco128.yaml", weights: str = "yolov5n.pt", batch_size
         mask_type: str = "unstructured", sensitivity: bool = False, sensitivity_levels: list[float] | None = None,
         sensitivity_images: int = 16, sensitivity_table: str | None = None,
         recipe_sparsity: list[float] | None = None, rect: bool | None = None, channel_prune: float = 0.0,
-        channel_importance: str = "bn", channel_allocation: str = "global") -> dict | list:
+        channel_importance: str = "bn", channel_allocation: str = "global",
+        allow_download_code: bool = False) -> dict | list:
     """Validate once (or once per sparsity level and method); returns the metrics dict written to metrics.json."""
-    data_dict = check_dataset(data)
+    data_dict = check_dataset(data, allow_code=allow_download_code)
     source = weights = resolve_weights(weights, engine)
     if channel_prune:  # one-shot structured pruning of the checkpoint, then validate it like any model
         from utils.sparsity.channel.cli import pruned_model
@@ -101,6 +102,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=str, default=str(ROOT / "data/coco128.yaml"), help="dataset.yaml path")
     p.add_argument("--weights", type=str, default="yolov5n.pt", help=".pt, .onnx or OpenVINO model")
     p.add_argument("--batch-size", type=int, default=32, help="batch size")
+    p.add_argument("--allow-download-code", action="store_true",
+                   help="let a data yaml's Python 'download:' snippet run when the dataset is missing (off: refused)")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
     p.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold")
     p.add_argument("--iou-thres", type=float, default=0.6, help="NMS IoU threshold")

@@ -107,7 +107,7 @@ class Trainer:
         self.device = self._device()
         from utils.data_config import check_dataset
         with torch_distributed_zero_first(self.local_rank):
-            self.data = check_dataset(self.opt.data)
+            self.data = check_dataset(self.opt.data, allow_code=bool(getattr(self.opt, "allow_download_code", False)))
         self._prepare_run_dir()  # after the data check: a typo in --data leaves no empty run folder
         self.single_cls = bool(self.opt.single_cls)
         self.nc = 1 if self.single_cls else int(self.data["nc"])
