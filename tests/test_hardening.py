@@ -1,0 +1,117 @@
+"""Issue 19 hardening: code in data yamls, recipe eval bombs, model-size bombs, symlink loops, cache keys, run folders,
+NaN loss, Ctrl-C, option checks and class-count mismatches. Security cases prove nothing ran (a marker file)."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.test_bad_input import _restore_process_state, cli, one_error_line, tiny_data  # noqa: F401  (autouse)
+from utils.sparsity.recipes import RecipeError, load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- 1. code in a data yaml's download:
+def code_yaml(tmp: Path, marker: Path) -> Path:
+    """A dataset yaml whose val folder is missing and whose download: is Python that would touch `marker`."""
+    data = tmp / "evil.yaml"
+    data.write_text(yaml.safe_dump({"path": str(tmp / "ds"), "train": "images", "val": "images", "names": ["a"],
+                                    "download": f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"}))
+    return data
+
+
+@pytest.mark.parametrize("script", ["val.py", "train.py"])
+def test_download_code_needs_opt_in(script, tmp_path, yolov5n_pt, capsys) -> None:
+    marker = tmp_path / "pwned"
+    code = cli(script, "--weights", yolov5n_pt, "--data", code_yaml(tmp_path, marker), "--img", 64, "--workers", 0,
+               "--project", tmp_path / "runs")
+    line = one_error_line(capsys)
+    assert code in (1, 2) and "--allow-download-code" in line and "pathlib.Path(" in line, line
+    assert not marker.exists() and not (tmp_path / "runs").exists()  # nothing ran, no run folder
+
+
+def test_download_code_runs_with_opt_in(tmp_path) -> None:
+    from utils.data_config import DatasetError, check_dataset
+    marker = tmp_path / "ran"
+    with pytest.raises(DatasetError, match="still missing"):  # it ran (touching the marker) but made no dataset
+        check_dataset(code_yaml(tmp_path, marker), allow_code=True)
+    assert marker.exists()
+
+
+# ---------------------------------------------------------------------------------- 2. recipe eval(...) bounds
+RECIPE = """
+num_epochs: 4
+modifiers:
+  - !EpochRangeModifier
+    start_epoch: 0
+    end_epoch: eval(num_epochs)
+  - !GMPruningModifier
+    init_sparsity: 0.05
+    final_sparsity: 0.5
+    start_epoch: 0
+    end_epoch: {end}
+    update_frequency: 0.5
+    params: ["re:model.*.conv.weight"]
+"""
+
+
+@pytest.mark.parametrize("end, phrase", [
+    ("eval(9**9**9)", "exponent 387420489 exceeds 64"),
+    ("eval(2**60)", "2 ** 60 exceeds"),
+    ("eval(round(5, -10**15))", "round() digits"),
+    ("eval(__import__('os').system('touch {marker}'))", "is not allowed"),
+    ("eval(num_epochs.__class__)", "unsupported syntax"),
+    ("eval('a' * 10)", "not a real number"),
+    ("eval(nope + 1)", "unknown variable 'nope'"),
+])
+def test_recipe_eval_is_bounded(end, phrase, tmp_path) -> None:
+    marker = tmp_path / "pwned"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.replace("{end}", end.replace("{marker}", str(marker))))
+    t = time.time()
+    with pytest.raises(RecipeError) as e:
+        load_recipe(recipe)
+    msg = str(e.value)
+    assert time.time() - t < 5 and "\n" not in msg and not marker.exists()
+    assert str(recipe) in msg and "field 'end_epoch'" in msg and end.split("(")[0] in msg and phrase in msg, msg
+
+
+def test_recipe_eval_within_bounds_still_works() -> None:
+    rec = load_recipe(RECIPE.replace("{end}", "eval(max(1, round(num_epochs ** 2 / 8 - 1)))"))
+    gmp = next(m for m in rec.modifiers() if type(m).__name__ == "GMPruningModifier")
+    assert gmp.end_epoch == 1 and rec.manager.max_epochs == 4
+
+
+def test_sparseml_eval_itself_is_bounded() -> None:
+    """A recipe stored in a checkpoint reaches SparseML's from_yaml directly: its eval is bounded too."""
+    from utils.sparsity.compat import import_sparseml
+    from utils.sparsity.recipe_eval import ExpressionError
+    t = time.time()
+    with pytest.raises(ExpressionError, match="exceeds"):
+        import_sparseml().from_yaml(RECIPE.replace("{end}", "eval(9**9**9)"))
+    assert time.time() - t < 5
+
+
+@pytest.mark.parametrize("args, phrase", [
+    ('{"num_epochs": "abc"}', "--recipe-args num_epochs='abc': expected a number"),
+    ('{"num_epochs": [1, 2]}', "expected a number"),
+    ('{"num_epochs": "eval(9**99)"}', "variable 'num_epochs'"),
+])
+def test_recipe_args_wrong_type_is_one_line(args, phrase) -> None:
+    with pytest.raises(RecipeError) as e:
+        load_recipe(RECIPE.replace("{end}", "eval(num_epochs - 1)"), args)
+    assert phrase in str(e.value) and "\n" not in str(e.value)
+
+
+def test_recipe_eval_bomb_stops_train_in_one_line(tmp_path, yolov5n_pt, coco128_dir, capsys) -> None:
+    recipe = tmp_path / "bomb.yaml"
+    recipe.write_text(RECIPE.replace("{end}", "eval(9**9**9)"))
+    code = cli("train.py", "--weights", yolov5n_pt, "--data", tiny_data(tmp_path, coco128_dir), "--recipe", recipe,
+               "--project", tmp_path / "runs")
+    line = one_error_line(capsys)
+    assert code == 1 and str(recipe) in line and "eval(9**9**9)" in line
+    assert not (tmp_path / "runs").exists()
