@@ -115,3 +115,52 @@ def test_recipe_eval_bomb_stops_train_in_one_line(tmp_path, yolov5n_pt, coco128_
     line = one_error_line(capsys)
     assert code == 1 and str(recipe) in line and "eval(9**9**9)" in line
     assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------------------------ 3. model-size bombs
+@pytest.mark.parametrize("key, value, phrase", [
+    ("width_multiple", 64, "width_multiple 64"),
+    ("depth_multiple", 1000, "depth_multiple 1000"),
+    ("channels", 10**12, "layer 1 Conv"),
+    ("width_multiple", float("inf"), "unusable layer sizes"),
+])
+def test_model_yaml_size_is_bounded_before_building(key, value, phrase) -> None:
+    from models.yolo import DetectionModel, load_yaml_cfg
+    d = load_yaml_cfg("yolov5s.yaml")
+    if key == "channels":
+        d["backbone"][0][3][0] = value
+    else:
+        d[key] = value
+    t = time.time()
+    with pytest.raises(ValueError) as e:
+        DetectionModel(d)
+    assert time.time() - t < 2 and phrase in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_model_size_estimate_is_exact_for_the_official_sizes() -> None:
+    from models.yolo import DetectionModel, check_model_size, load_yaml_cfg
+    for size in "ns":
+        model = DetectionModel(f"yolov5{size}.yaml")
+        assert check_model_size(load_yaml_cfg(f"yolov5{size}.yaml")) == sum(p.numel() for p in model.parameters())
+
+
+def test_stored_model_yaml_bomb_is_one_line(tmp_path, yolov5n_pt, coco128_dir, capsys) -> None:
+    import torch
+    from models.yolo import DetectionModel
+    from utils.checkpoint import load_checkpoint, save_checkpoint
+    ckpt = load_checkpoint(save_checkpoint(tmp_path / "n.pt", DetectionModel("yolov5n.yaml")))
+    ckpt["yaml"] = {**ckpt["yaml"], "width_multiple": 64}
+    torch.save(ckpt, tmp_path / "bomb.pt")
+    code = cli("val.py", "--weights", tmp_path / "bomb.pt", "--data", tiny_data(tmp_path, coco128_dir), "--img", 64,
+               "--workers", 0, "--project", tmp_path / "runs")
+    assert code == 2 and "over the 200M limit" in one_error_line(capsys)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_given_model_yaml_bomb_stops_train_in_one_line(tmp_path, coco128_dir, capsys) -> None:
+    from models.yolo import load_yaml_cfg
+    cfg = tmp_path / "bomb.yaml"
+    cfg.write_text(yaml.safe_dump({**load_yaml_cfg("yolov5n.yaml"), "depth_multiple": 1000}))
+    code = cli("train.py", "--weights", "", "--cfg", cfg, "--data", tiny_data(tmp_path, coco128_dir), "--img", 64,
+               "--workers", 0, "--project", tmp_path / "runs")
+    assert code == 1 and "depth_multiple 1000" in one_error_line(capsys)
