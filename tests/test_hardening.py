@@ -164,3 +164,45 @@ def test_given_model_yaml_bomb_stops_train_in_one_line(tmp_path, coco128_dir, ca
     code = cli("train.py", "--weights", "", "--cfg", cfg, "--data", tiny_data(tmp_path, coco128_dir), "--img", 64,
                "--workers", 0, "--project", tmp_path / "runs")
     assert code == 1 and "depth_multiple 1000" in one_error_line(capsys)
+
+
+# ------------------------------------------------------------------------------- 4. symlink loops in image folders
+def linked_folder(tmp: Path, coco128_dir: Path, links: list[tuple[str, str]]) -> Path:
+    """images/ with 3 labelled coco128 images plus the given (link name, target) directory links."""
+    import shutil
+    (tmp / "images").mkdir(parents=True)
+    (tmp / "labels").mkdir()
+    for p in sorted((coco128_dir / "images/train2017").glob("*.jpg"))[:3]:
+        shutil.copy(p, tmp / "images" / p.name)
+        shutil.copy(coco128_dir / "labels/train2017" / f"{p.stem}.txt", tmp / "labels" / f"{p.stem}.txt")
+    for name, target in links:
+        (tmp / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, tmp / "images" / name)
+    return tmp / "images"
+
+
+@pytest.mark.parametrize("links, skipped", [
+    ([("self", ".")], 1),  # one self-link: used to list every image many times over
+    ([("a", "."), ("b", ".")], 2),  # two: used to hang the scan
+    ([("sub/up", "../..")], 1),  # a link to an ancestor
+])
+def test_symlink_loops_are_not_followed(links, skipped, tmp_path, coco128_dir, caplog) -> None:
+    from utils.dataloaders import LoadImagesAndLabels, list_image_files
+    images = linked_folder(tmp_path, coco128_dir, links)
+    t = time.time()
+    files = list_image_files(images)
+    assert time.time() - t < 5 and len(files) == 3, files
+    assert f"skipped {skipped} directory links" in caplog.text
+    assert len(LoadImagesAndLabels(str(images), 64, 2)) == 3
+
+
+def test_links_to_one_image_count_once_and_outside_folders_count(tmp_path, coco128_dir) -> None:
+    from utils.dataloaders import list_image_files
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "x.jpg").write_bytes(b"")
+    images = linked_folder(tmp_path / "ds", coco128_dir, [("more", str(extra))])
+    first = sorted(images.glob("*.jpg"))[0]
+    os.symlink(first, images / "zz_same.jpg")
+    files = list_image_files(images)
+    assert len(files) == 4 and str(images / "more" / "x.jpg") in files and str(images / "zz_same.jpg") not in files
