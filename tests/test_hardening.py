@@ -206,3 +206,18 @@ def test_links_to_one_image_count_once_and_outside_folders_count(tmp_path, coco1
     os.symlink(first, images / "zz_same.jpg")
     files = list_image_files(images)
     assert len(files) == 4 and str(images / "more" / "x.jpg") in files and str(images / "zz_same.jpg") not in files
+
+
+# ------------------------------------------------------------------------------------------ 5. label cache key
+def test_label_edited_in_place_at_same_size_is_reread(tmp_path, coco128_dir) -> None:
+    from utils.dataloaders import LoadImagesAndLabels
+    images = linked_folder(tmp_path, coco128_dir, [])
+    label = sorted((tmp_path / "labels").glob("*.txt"))[0]
+    label.write_text("1 0.5 0.5 0.2 0.2\n")
+    first = LoadImagesAndLabels(str(images), 64, 2)
+    assert first.labels[0][0, 0] == 1 and (tmp_path / "labels.cache").is_file()
+    st = label.stat()
+    label.write_text("2 0.5 0.5 0.2 0.2\n")  # same size, new class
+    os.utime(label, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # coarse clocks: make the change visible
+    again = LoadImagesAndLabels(str(images), 64, 2)
+    assert again.labels[0][0, 0] == 2
