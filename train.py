@@ -177,7 +177,7 @@ def run(**kwargs) -> dict:
 
 
 if __name__ == "__main__":
-    from utils.cli import exit_on_user_error
+    from utils.cli import exit_on_interrupt, exit_on_user_error
 
-    with exit_on_user_error(code=1):  # also: read-only --project, full disk -> one line, not a traceback
+    with exit_on_interrupt(), exit_on_user_error(code=1):  # also: read-only --project, full disk -> one line
         main(parse_opt())

@@ -221,3 +221,102 @@ def test_label_edited_in_place_at_same_size_is_reread(tmp_path, coco128_dir) -> 
     os.utime(label, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # coarse clocks: make the change visible
     again = LoadImagesAndLabels(str(images), 64, 2)
     assert again.labels[0][0, 0] == 2
+
+
+# ------------------------------------------------------------------------------------------------ 6. run folders
+HOLD_SCRIPT = """
+import sys, time
+sys.path.insert(0, {root!r})
+from utils.files import claim_run_dir
+claim_run_dir({path!r}, exist_ok=True)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_runs_started_at_once_get_their_own_folders(tmp_path) -> None:
+    import subprocess
+    import sys
+    script = "import sys; sys.path.insert(0, sys.argv[1]); from utils.files import increment_path; " \
+             "print(increment_path(sys.argv[2], mkdir=True))"
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(ROOT), str(tmp_path / "exp")], stdout=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    dirs = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    assert dirs == [str(tmp_path / n) for n in ("exp", "exp2", "exp3")]
+
+
+def test_exist_ok_folder_of_a_live_run_is_refused(tmp_path, yolov5n_pt, bus_jpg, capsys) -> None:
+    import subprocess
+    import sys
+    from utils.files import LOCK_NAME, RunDirBusy, claim_run_dir
+    run = tmp_path / "runs" / "shared"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_SCRIPT.format(root=str(ROOT), path=str(run))],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirBusy, match=f"in use by running process {holder.pid}"):
+            claim_run_dir(run, exist_ok=True)
+        code = cli("detect.py", "--weights", yolov5n_pt, "--source", bus_jpg, "--img", 64, "--project",
+                   tmp_path / "runs", "--name", "shared", "--exist-ok")
+        assert code == 2 and f"in use by running process {holder.pid}" in one_error_line(capsys)
+        assert not (run / "bus.jpg").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (run / LOCK_NAME).read_text() == str(holder.pid)  # killed: its lock is stale now
+    assert claim_run_dir(run, exist_ok=True) == run  # and is taken over
+    assert (run / LOCK_NAME).read_text() == str(os.getpid())
+
+
+# ---------------------------------------------------------------------------------------- 7. NaN loss, 8. Ctrl-C
+def train_args(tmp: Path, coco128_dir: Path, weights: Path, epochs: int) -> list[str]:
+    return ["--weights", str(weights), "--data", str(tiny_data(tmp, coco128_dir)), "--img", "64", "--epochs",
+            str(epochs), "--batch-size", "4", "--workers", "0", "--noplots", "--noval", "--noautoanchor",
+            "--project", str(tmp / "runs")]
+
+
+def test_nan_loss_stops_and_keeps_the_last_finite_checkpoint(tmp_path, coco128_dir, yolov5n_pt) -> None:
+    import math
+
+    import torch
+
+    import train
+    from utils.callbacks import Callback
+    from utils.checkpoint import load_model
+    from utils.trainer import TrainingDiverged
+
+    class ObjLossGoesNaN(Callback):
+        """From epoch 1 on, the objectness loss is NaN (as after a bad LR or a broken label)."""
+
+        def on_train_batch_start(self, trainer) -> None:
+            if trainer.epoch == 1 and not hasattr(trainer, "_orig_loss"):
+                trainer._orig_loss = trainer.compute_loss
+
+                def nan_obj(p, t):
+                    loss, items = trainer._orig_loss(p, t)
+                    return loss * math.nan, items * torch.tensor([1.0, math.nan, 1.0])
+                trainer.compute_loss = nan_obj
+
+    with pytest.raises(TrainingDiverged) as e:
+        train.main(train.parse_opt(args=train_args(tmp_path, coco128_dir, yolov5n_pt, 3)), [ObjLossGoesNaN()])
+    msg, last = str(e.value), tmp_path / "runs/exp/weights/last.pt"
+    assert "\n" not in msg and msg.startswith("epoch 1 batch 0: obj_loss is not finite") and str(last) in msg, msg
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 0 and all(torch.isfinite(p).all() for p in load_model(last).parameters())
+
+
+def test_ctrl_c_prints_the_resume_command_and_exits_130(tmp_path, coco128_dir, yolov5n_pt) -> None:
+    import signal
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "train.py", *train_args(tmp_path, coco128_dir, yolov5n_pt, 200)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = tmp_path / "runs/exp/weights/last.pt"
+    deadline = time.time() + 300
+    while not last.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == f"Interrupted: resume with: python train.py --resume {last}"

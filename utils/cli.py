@@ -47,3 +47,13 @@ def exit_on_user_error(code: int = 2) -> Iterator[None]:
             raise
         print(f"ERROR: {msg}", file=sys.stderr)
         sys.exit(code)
+
+
+@contextlib.contextmanager
+def exit_on_interrupt(code: int = 130) -> Iterator[None]:
+    """Ctrl-C: one line (the interrupt's hint, e.g. the resume command) instead of a traceback; exit 130 as shells do."""
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        print(f"\nInterrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
+        sys.exit(code)
