@@ -18,7 +18,7 @@ if str(ROOT) not in sys.path:
 from utils.assets import assets_dir  # noqa: E402
 from utils.augmentations import check_img_size  # noqa: E402
 from utils.checkpoint import resolve_weights  # noqa: E402
-from utils.cli import exit_on_user_error  # noqa: E402
+from utils.cli import check_options, exit_on_user_error  # noqa: E402
 from utils.dataloaders import LoadImages  # noqa: E402
 from utils.detect_output import DetectionWriter, summary  # noqa: E402
 from utils.engines import load_engine  # noqa: E402
@@ -33,6 +33,7 @@ def run(weights: str = "yolov5n.pt", source: str | None = None, imgsz: int | lis
         exist_ok: bool = False, line_thickness: int = 3, hide_labels: bool = False, hide_conf: bool = False,
         vid_stride: int = 1) -> Path:
     """Detect objects in every image/frame of source; returns the run folder."""
+    check_options(imgsz=imgsz, device=device)
     source = source or str(assets_dir() / "images")
     imgsz = [imgsz, imgsz] if isinstance(imgsz, int) else (imgsz * 2 if len(imgsz) == 1 else imgsz)
     imgsz = check_img_size(list(imgsz), s=32)  # YOLOv5 P5 models; re-checked against the engine's own stride below

@@ -27,6 +27,7 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
 from utils.callbacks import Callback  # noqa: E402
+from utils.cli import check_options  # noqa: E402
 from utils.checkpoint import CheckpointError, load_checkpoint, resolve_weights  # noqa: E402
 from utils.data_config import DatasetError  # noqa: E402
 from utils.train_utils import increment_path, latest_run  # noqa: E402
@@ -155,6 +156,7 @@ def sparsification_callbacks(opt: argparse.Namespace) -> list[Callback]:
 def main(opt: argparse.Namespace, callbacks: list[Callback] | None = None) -> dict:
     """Resolve options (or those of the run being resumed), then set up and fit one Trainer."""
     logging.basicConfig(format="%(message)s", level=logging.INFO if RANK in (-1, 0) else logging.WARNING)
+    check_options(imgsz=opt.imgsz)  # --device is checked by the trainer before its run folder exists
     opt = resume_options(opt) if opt.resume else new_run_options(opt)
     init_distributed(opt)
     from utils.sparsity.channel.training import ChannelLayoutCallback

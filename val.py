@@ -21,7 +21,7 @@ if str(ROOT) not in sys.path:
 
 from utils.augmentations import check_img_size  # noqa: E402
 from utils.checkpoint import resolve_weights  # noqa: E402
-from utils.cli import exit_on_user_error  # noqa: E402
+from utils.cli import check_options, exit_on_user_error  # noqa: E402
 from utils.data_config import check_dataset  # noqa: E402
 from utils.dataloaders import create_dataloader  # noqa: E402
 from utils.engines import load_engine  # noqa: E402
@@ -55,6 +55,7 @@ def run(data: str = "data/coco128.yaml", weights: str = "yolov5n.pt", batch_size
         channel_importance: str = "bn", channel_allocation: str = "global",
         allow_download_code: bool = False) -> dict | list:
     """Validate once (or once per sparsity level and method); returns the metrics dict written to metrics.json."""
+    check_options(imgsz=imgsz, batch_size=batch_size, device=device)
     data_dict = check_dataset(data, allow_code=allow_download_code)
     source = weights = resolve_weights(weights, engine)
     if channel_prune:  # one-shot structured pruning of the checkpoint, then validate it like any model

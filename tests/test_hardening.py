@@ -320,3 +320,29 @@ def test_ctrl_c_prints_the_resume_command_and_exits_130(tmp_path, coco128_dir, y
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
     assert err.strip().splitlines()[-1] == f"Interrupted: resume with: python train.py --resume {last}"
+
+
+# ------------------------------------------------------------------------------------- 9. impossible options
+@pytest.mark.parametrize("script, args, phrase", [
+    ("detect.py", ["--img", 0], "--img 0: image size must be between 1 and 8192"),
+    ("detect.py", ["--img", -1], "--img -1:"),
+    ("detect.py", ["--img", 100000], "--img 100000:"),
+    ("val.py", ["--img", 0], "--img 0:"),
+    ("val.py", ["--img", -1], "--img -1:"),
+    ("val.py", ["--img", 100000], "--img 100000:"),
+    ("val.py", ["--batch-size", 0], "--batch-size 0: must be at least 1"),
+    ("train.py", ["--img", 0], "--img 0:"),
+    ("train.py", ["--img", 100000], "--img 100000:"),
+    pytest.param("detect.py", ["--device", "cuda:0"], "CUDA is not available",
+                 marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a CPU-only build")),
+    pytest.param("val.py", ["--device", "cuda:0"], "CUDA is not available",
+                 marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a CPU-only build")),
+])
+def test_impossible_options_are_one_line_and_leave_no_folder(script, args, phrase, tmp_path, yolov5n_pt, bus_jpg,
+                                                             coco128_dir, capsys) -> None:
+    base = {"detect.py": ["--source", bus_jpg], "val.py": ["--data", tiny_data(tmp_path, coco128_dir), "--workers", 0],
+            "train.py": ["--data", tiny_data(tmp_path, coco128_dir), "--workers", 0, "--epochs", 1]}[script]
+    code = cli(script, "--weights", yolov5n_pt, *base, "--project", tmp_path / "runs", *args)
+    line = one_error_line(capsys)
+    assert code == (1 if script == "train.py" else 2) and phrase in line, line
+    assert not (tmp_path / "runs").exists()

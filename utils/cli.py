@@ -5,7 +5,9 @@ import contextlib
 import errno
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+
+from utils.torch_utils import select_device
 
 USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError)
 # Filesystem refusals the user fixes (permissions, read-only mounts, full disks), not bugs worth a traceback
@@ -14,6 +16,21 @@ STORAGE_ERRNOS = {errno.EACCES: "choose a folder you can write to (e.g. --projec
                   errno.EROFS: "the filesystem is read-only; choose a writable folder (e.g. --project)",
                   errno.ENOSPC: "free disk space or choose a folder on another disk (e.g. --project)",
                   errno.EDQUOT: "your disk quota is used up; free space or choose another folder (e.g. --project)"}
+
+
+MAX_IMGSZ = 8192  # 16x the usual 640 (and well past any letterbox worth running on a CPU)
+
+
+def check_options(imgsz: int | Iterable[int] | None = None, batch_size: int | None = None,
+                  device: str | None = None) -> None:
+    """Refuse impossible --img/--batch-size/--device in one line, before any run folder, model or data is touched."""
+    for size in [imgsz] if isinstance(imgsz, int) else list(imgsz or []):
+        if not 1 <= int(size) <= MAX_IMGSZ:
+            raise ValueError(f"--img {size}: image size must be between 1 and {MAX_IMGSZ} pixels (e.g. --img 640)")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch-size {batch_size}: must be at least 1 (e.g. --batch-size 32)")
+    if device is not None:
+        select_device(device)  # --device cuda:0 on a CPU build: the same one line train.py gives
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
