@@ -18,7 +18,7 @@ if str(ROOT) not in sys.path:
 from utils.assets import assets_dir  # noqa: E402
 from utils.augmentations import check_img_size  # noqa: E402
 from utils.checkpoint import resolve_weights  # noqa: E402
-from utils.cli import check_options, exit_on_user_error  # noqa: E402
+from utils.cli import check_options, exit_on_user_error, warn_unknown_classes  # noqa: E402
 from utils.dataloaders import LoadImages  # noqa: E402
 from utils.detect_output import DetectionWriter, summary  # noqa: E402
 from utils.engines import load_engine  # noqa: E402
@@ -41,6 +41,7 @@ def run(weights: str = "yolov5n.pt", source: str | None = None, imgsz: int | lis
     imgsz = check_img_size(list(eng.imgsz or imgsz), s=eng.stride)
     predictor = Predictor(eng, tuple(imgsz), conf_thres, iou_thres, classes, agnostic_nms, max_det)
     eng.warmup()  # first call pays for allocation; keep it out of the reported times
+    warn_unknown_classes(classes, eng.names)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
     writer = DetectionWriter(save_dir, eng.names, not nosave, save_txt, save_conf, save_crop, line_thickness,
                              hide_labels, hide_conf)

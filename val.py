@@ -21,7 +21,7 @@ if str(ROOT) not in sys.path:
 
 from utils.augmentations import check_img_size  # noqa: E402
 from utils.checkpoint import resolve_weights  # noqa: E402
-from utils.cli import check_options, exit_on_user_error  # noqa: E402
+from utils.cli import check_model_classes, check_options, exit_on_user_error  # noqa: E402
 from utils.data_config import check_dataset  # noqa: E402
 from utils.dataloaders import create_dataloader  # noqa: E402
 from utils.engines import load_engine  # noqa: E402
@@ -63,6 +63,7 @@ def run(data: str = "data/coco128.yaml", weights: str = "yolov5n.pt", batch_size
         source = pruned_model(weights, channel_prune, channel_importance, data_dict, imgsz, calib_images,
                               channel_allocation)
     eng = load_engine(source, engine, batch_size=batch_size, imgsz=imgsz, device=device)
+    check_model_classes(eng.names, data_dict, weights, single_cls)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)  # only once the weights load
     imgsz = eng.imgsz[0] if eng.imgsz else check_img_size(imgsz, s=eng.stride)
     names = data_dict["names"]

@@ -319,7 +319,7 @@ def test_ctrl_c_prints_the_resume_command_and_exits_130(tmp_path, coco128_dir, y
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
-    assert err.strip().splitlines()[-1] == f"Interrupted: resume with: python train.py --resume {last}"
+    assert err.strip().splitlines()[-1] == f"Interrupted: resume with: python train.py --resume {last}", err[-1500:]
 
 
 # ------------------------------------------------------------------------------------- 9. impossible options
@@ -346,3 +346,30 @@ def test_impossible_options_are_one_line_and_leave_no_folder(script, args, phras
     line = one_error_line(capsys)
     assert code == (1 if script == "train.py" else 2) and phrase in line, line
     assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------------------------------- 10. nc mismatch
+def test_val_refuses_a_model_with_another_class_count(tmp_path, yolov5n_pt, coco128_dir, capsys) -> None:
+    data = tmp_path / "one.yaml"
+    data.write_text(yaml.safe_dump({**yaml.safe_load(tiny_data(tmp_path, coco128_dir).read_text()), "names": ["a"]}))
+    code = cli("val.py", "--weights", yolov5n_pt, "--data", data, "--img", 64, "--workers", 0,
+               "--project", tmp_path / "runs")
+    line = one_error_line(capsys)
+    assert code == 2 and "model has 80 classes" in line and "nc=1" in line and str(data) in line, line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_one_class_model_on_an_80_class_yaml_is_refused(tmp_path, coco128_dir, capsys) -> None:
+    from models.yolo import DetectionModel
+    from utils.checkpoint import save_checkpoint
+    weights = save_checkpoint(tmp_path / "one.pt", DetectionModel("yolov5n.yaml", nc=1))
+    code = cli("val.py", "--weights", weights, "--data", tiny_data(tmp_path, coco128_dir), "--img", 64, "--workers", 0,
+               "--project", tmp_path / "runs")
+    assert code == 2 and "model has 1 classes but" in one_error_line(capsys)
+
+
+def test_detect_warns_about_classes_the_model_lacks(tmp_path, yolov5n_pt, bus_jpg, capsys) -> None:
+    code = cli("detect.py", "--weights", yolov5n_pt, "--source", bus_jpg, "--img", 64, "--classes", 0, 999,
+               "--project", tmp_path / "runs")
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "--classes" in ln]
+    assert code == 0 and len(lines) == 1 and "--classes 999: not classes of this model (ids 0-79)" in lines[0]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -31,6 +32,25 @@ def check_options(imgsz: int | Iterable[int] | None = None, batch_size: int | No
         raise ValueError(f"--batch-size {batch_size}: must be at least 1 (e.g. --batch-size 32)")
     if device is not None:
         select_device(device)  # --device cuda:0 on a CPU build: the same one line train.py gives
+
+
+def check_model_classes(model_names: list[str], data: dict, weights: str | object, single_cls: bool = False) -> None:
+    """Refuse a model whose class count differs from the data yaml's: it ends in IndexError or a silent mAP ~0."""
+    if single_cls or not model_names or len(model_names) == data["nc"]:
+        return
+    raise ValueError(f"{weights}: model has {len(model_names)} classes but {data.get('yaml_file') or 'the dataset'} "
+                     f"has nc={data['nc']}; use the data yaml the model was trained on, or --single-cls to score "
+                     f"boxes without classes")
+
+
+def warn_unknown_classes(classes: list[int] | None, names: list[str]) -> None:
+    """--classes ids the model does not have would silently filter out every detection: say so in one line."""
+    unknown = [c for c in classes or [] if not 0 <= c < len(names)]
+    if unknown and names:
+        logging.getLogger("yolov5-sparse").warning(
+            f"WARNING ⚠️ --classes {' '.join(map(str, unknown))}: not classes of this model "
+            f"(ids 0-{len(names) - 1}); "
+            f"they match no detection")
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -68,7 +88,7 @@ def exit_on_user_error(code: int = 2) -> Iterator[None]:
 
 @contextlib.contextmanager
 def exit_on_interrupt(code: int = 130) -> Iterator[None]:
-    """Ctrl-C: one line (the interrupt's hint, e.g. the resume command) instead of a traceback; exit 130 as shells do."""
+    """Ctrl-C: one line (the interrupt's hint, e.g. the resume command), not a traceback; exit 130 as shells do."""
     try:
         yield
     except KeyboardInterrupt as e:
