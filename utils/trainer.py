@@ -28,7 +28,7 @@ from utils.metrics import fitness
 from utils.sparsity.measure import global_sparsity
 from utils.torch_utils import LOGGER
 from utils.train_utils import (EarlyStopping, ModelEMA, de_parallel, init_seeds, intersect_dicts, linear_lr,
-                               one_cycle, retained_heap, rng_state, set_rng_state, smart_optimizer,
+                               defer_sigint, one_cycle, retained_heap, rng_state, set_rng_state, smart_optimizer,
                                torch_distributed_zero_first)
 
 TQDM_BAR_FORMAT = "{l_bar}{bar:10}{r_bar}"
@@ -575,12 +575,13 @@ class Trainer:
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):  # never replace a good last.pt by NaN
             raise TrainingDiverged(f"epoch {self.epoch}: the weights are not finite after training; not saved, "
                                    f"{self._kept()}; lower --hyp lr0 or check the labels")
-        if self.best_fitness == self.fitness:  # last.pt goes last: --resume trusts it, so what it implies is on disk
-            save_checkpoint(self.best, model, **ckpt)
-        period = int(getattr(self.opt, "save_period", -1))
-        if period > 0 and self.epoch % period == 0:
-            save_checkpoint(self.wdir / f"epoch{self.epoch}.pt", model, **ckpt)
-        save_checkpoint(self.last, model, **ckpt)
+        with defer_sigint():  # Ctrl-C while writing: finish the files, then stop with the resume command
+            if self.best_fitness == self.fitness:  # last.pt goes last: --resume trusts it, so its implications exist
+                save_checkpoint(self.best, model, **ckpt)
+            period = int(getattr(self.opt, "save_period", -1))
+            if period > 0 and self.epoch % period == 0:
+                save_checkpoint(self.wdir / f"epoch{self.epoch}.pt", model, **ckpt)
+            save_checkpoint(self.last, model, **ckpt)
 
     def final_eval(self) -> None:
         """Strip training state from last/best, validate best.pt with PR/F1 curves and confusion matrix, plot csv."""
