@@ -45,7 +45,7 @@ def parse_opt(known: bool = False, args: list[str] | None = None) -> argparse.Na
     parser.add_argument("--cfg", type=str, default="", help="model.yaml path")
     parser.add_argument("--data", type=str, default="coco128.yaml", help="dataset.yaml path")
     parser.add_argument("--allow-download-code", action="store_true",
-                        help="let a data yaml's Python 'download:' snippet run when the dataset is missing (off: refused)")
+                        help="let a data yaml's Python 'download:' snippet run if the dataset is missing (else refused)")
     parser.add_argument("--hyp", type=str, default=str(ROOT / "data/hyps/hyp.scratch-low.yaml"), help="hyperparameters")
     parser.add_argument("--epochs", type=int, default=100, help="total training epochs")
     parser.add_argument("--batch-size", type=int, default=16, help="total batch size for all processes")

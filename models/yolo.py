@@ -178,7 +178,8 @@ def check_model_size(d: dict, ch: int = 3, limit: int = MAX_PARAMETERS) -> int:
             worst = max(worst, (p, f"layer {i} {m_name} with {c2} output channels x{repeats}"))
     except (OverflowError, MemoryError, IndexError, TypeError) as e:
         raise ValueError(f"model yaml: unusable layer sizes ({type(e).__name__}: {e}); check width_multiple "
-                         f"{d.get('width_multiple')}, depth_multiple {d.get('depth_multiple')} and channel counts") from None
+                         f"{d.get('width_multiple')}, depth_multiple {d.get('depth_multiple')} and channel counts"
+                         ) from None
     if total > limit:
         raise ValueError(f"model yaml: about {total / 1e6:,.0f}M parameters, over the {limit / 1e6:.0f}M limit "
                          f"(width_multiple {d.get('width_multiple')}, depth_multiple {d.get('depth_multiple')}; "

@@ -76,7 +76,7 @@ def _lock_owner(lock: Path) -> int | None:
 
 
 def lock_run_dir(path: Path) -> None:
-    """Take `path`'s lock file for this process; refuse in one line when a live process holds it, take over a stale one."""
+    """Take `path`'s lock for this process; refuse in one line while a live process holds it, take over a stale one."""
     lock = path / LOCK_NAME
     for _ in range(5):
         try:
