@@ -19,7 +19,7 @@ from utils.assets import assets_dir  # noqa: E402
 from utils.augmentations import check_img_size  # noqa: E402
 import utils.sparsity.rebuild  # noqa: E402,F401  (registers sparse/QAT/channel checkpoint rebuilds)
 from utils.sparsity.zoo import weights_path  # noqa: E402
-from utils.cli import exit_on_user_error  # noqa: E402
+from utils.cli import check_options, exit_on_user_error, warn_unknown_classes  # noqa: E402
 from utils.dataloaders import LoadImages  # noqa: E402
 from utils.detect_output import DetectionWriter, summary  # noqa: E402
 from utils.engines import ENGINES, load_engine  # noqa: E402
@@ -35,6 +35,7 @@ def run(weights: str = "yolov5n.pt", source: str | None = None, imgsz: int | lis
         exist_ok: bool = False, line_thickness: int = 3, hide_labels: bool = False, hide_conf: bool = False,
         vid_stride: int = 1) -> Path:
     """Detect objects in every image/frame of source; returns the run folder."""
+    check_options(imgsz=imgsz, device=device)
     source = source or str(assets_dir() / "images")
     imgsz = [imgsz, imgsz] if isinstance(imgsz, int) else (imgsz * 2 if len(imgsz) == 1 else imgsz)
     imgsz = check_img_size(list(imgsz), s=32)  # YOLOv5 P5 models; re-checked against the engine's own stride below
@@ -42,6 +43,7 @@ def run(weights: str = "yolov5n.pt", source: str | None = None, imgsz: int | lis
     imgsz = check_img_size(list(eng.imgsz or imgsz), s=eng.stride)
     predictor = Predictor(eng, tuple(imgsz), conf_thres, iou_thres, classes, agnostic_nms, max_det)
     eng.warmup()  # first call pays for allocation; keep it out of the reported times
+    warn_unknown_classes(classes, eng.names)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
     writer = DetectionWriter(save_dir, eng.names, not nosave, save_txt, save_conf, save_crop, line_thickness,
                              hide_labels, hide_conf)

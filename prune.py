@@ -39,7 +39,7 @@ def run(weights: str = "yolov5n.pt", data: str | None = None, method: list[str] 
         channel_importance: str = "bn", channel_allocation: str = "global", sensitivity_levels: list[float] | None = None,
         sensitivity_images: int = 16, sensitivity_table: str | None = None, recipe_sparsity: list[float] | None = None,
         batch_size: int = 32, workers: int = 8, project: str = "runs/prune", name: str = "exp",
-        exist_ok: bool = False) -> Path | dict | list:
+        exist_ok: bool = False, allow_download_code: bool = False) -> Path | dict | list:
     """Prune once (returns the new .pt), sweep levels (returns rows per method) or measure sensitivity (rows)."""
     methods = [method] if isinstance(method, str) else list(method)
     specs = [ShotSpec(m, data, imgsz, calib_images, calib_batches, mask_type, block, channel_importance,
@@ -53,7 +53,7 @@ def run(weights: str = "yolov5n.pt", data: str | None = None, method: list[str] 
     weights = weights_path(weights)
     if not Path(weights).is_file():
         raise FileNotFoundError(f"--weights {weights}: checkpoint not found; pass a .pt file")
-    data_dict = check_dataset(data) if data else None
+    data_dict = check_dataset(data, allow_code=allow_download_code) if data else None
     for s in specs:
         s.data = data_dict
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
@@ -107,6 +107,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--project", default="runs/prune", help="save to project/name")
     p.add_argument("--name", default="exp", help="save to project/name")
     p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    p.add_argument("--allow-download-code", action="store_true",
+                   help="let a dataset yaml's Python 'download:' snippet run when its images are missing")
     return p.parse_args(argv)
 
 

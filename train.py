@@ -27,6 +27,7 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
 from utils.callbacks import Callback  # noqa: E402
+from utils.cli import check_options  # noqa: E402
 from utils.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 import utils.sparsity.rebuild  # noqa: E402,F401  (registers sparse/QAT/channel checkpoint rebuilds)
 from utils.sparsity.zoo import weights_path  # noqa: E402
@@ -47,6 +48,8 @@ def parse_opt(known: bool = False, args: list[str] | None = None) -> argparse.Na
     parser.add_argument("--weights", type=str, default="yolov5s.pt", help="initial weights path ('' = scratch)")
     parser.add_argument("--cfg", type=str, default="", help="model.yaml path")
     parser.add_argument("--data", type=str, default="coco128.yaml", help="dataset.yaml path")
+    parser.add_argument("--allow-download-code", action="store_true",
+                        help="let a data yaml's Python 'download:' snippet run if the dataset is missing (else refused)")
     parser.add_argument("--hyp", type=str, default=str(ROOT / "data/hyps/hyp.scratch-low.yaml"), help="hyperparameters")
     parser.add_argument("--epochs", type=int, default=100, help="total training epochs")
     parser.add_argument("--batch-size", type=int, default=16, help="total batch size for all processes")
@@ -153,6 +156,7 @@ def sparsification_callbacks(opt: argparse.Namespace) -> list[Callback]:
 def main(opt: argparse.Namespace, callbacks: list[Callback] | None = None) -> dict:
     """Resolve options (or those of the run being resumed), then set up and fit one Trainer."""
     logging.basicConfig(format="%(message)s", level=logging.INFO if RANK in (-1, 0) else logging.WARNING)
+    check_options(imgsz=opt.imgsz)  # --device is checked by the trainer before its run folder exists
     opt = resume_options(opt) if opt.resume else new_run_options(opt)
     init_distributed(opt)
     # a channel-pruned checkpoint is rebuilt at its own widths before its weights load (no-op for any other)
@@ -173,7 +177,7 @@ def run(**kwargs) -> dict:
 
 
 if __name__ == "__main__":
-    from utils.cli import exit_on_user_error
+    from utils.cli import exit_on_interrupt, exit_on_user_error
 
-    with exit_on_user_error(code=1):  # also: read-only --project, full disk -> one line, not a traceback
+    with exit_on_interrupt(), exit_on_user_error(code=1):  # also: read-only --project, full disk -> one line
         main(parse_opt())

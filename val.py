@@ -20,7 +20,7 @@ if str(ROOT) not in sys.path:
 from utils.augmentations import check_img_size  # noqa: E402
 import utils.sparsity.rebuild  # noqa: E402,F401  (registers sparse/QAT/channel checkpoint rebuilds)
 from utils.sparsity.zoo import weights_path  # noqa: E402
-from utils.cli import exit_on_user_error  # noqa: E402
+from utils.cli import check_model_classes, check_options, exit_on_user_error  # noqa: E402
 from utils.data_config import check_dataset  # noqa: E402
 from utils.engines import ENGINES, load_engine  # noqa: E402
 from utils.evaluate import evaluate, val_dataloader  # noqa: E402
@@ -34,11 +34,14 @@ def run(data: str = "data/coco128.yaml", weights: str = "yolov5n.pt", batch_size
         conf_thres: float = 0.001, iou_thres: float = 0.6, max_det: int = 300, task: str = "val", device: str = "cpu",
         workers: int = 8, single_cls: bool = False, verbose: bool = False, save_txt: bool = False,
         save_conf: bool = False, save_json: bool = False, project: str = "runs/val", name: str = "exp",
-        exist_ok: bool = False, engine: str | None = None, plots: bool = True, rect: bool | None = None) -> dict:
+        exist_ok: bool = False, engine: str | None = None, plots: bool = True, rect: bool | None = None,
+        allow_download_code: bool = False) -> dict:
     """Validate once; returns the metrics dict written to metrics.json."""
-    data_dict = check_dataset(data)
+    check_options(imgsz=imgsz, batch_size=batch_size, device=device)
+    data_dict = check_dataset(data, allow_code=allow_download_code)
     weights = weights_path(weights, engine)
     eng = load_engine(weights, engine, batch_size=batch_size, imgsz=imgsz, device=device)
+    check_model_classes(eng.names, data_dict, weights, single_cls)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)  # only once the weights load
     imgsz = eng.imgsz[0] if eng.imgsz else check_img_size(imgsz, s=eng.stride)
     rect = eng.dynamic if rect is None else rect and eng.dynamic
@@ -62,6 +65,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=str, default=str(ROOT / "data/coco128.yaml"), help="dataset.yaml path")
     p.add_argument("--weights", type=str, default="yolov5n.pt", help=".pt, .onnx or OpenVINO model")
     p.add_argument("--batch-size", type=int, default=32, help="batch size")
+    p.add_argument("--allow-download-code", action="store_true",
+                   help="let a data yaml's Python 'download:' snippet run when the dataset is missing (off: refused)")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
     p.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold")
     p.add_argument("--iou-thres", type=float, default=0.6, help="NMS IoU threshold")

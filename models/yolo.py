@@ -12,6 +12,7 @@ import math
 import sys
 from copy import deepcopy
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -81,6 +82,7 @@ MODULES: dict[str, type[nn.Module]] = {
 }
 MODULES.update({"nn.Upsample": nn.Upsample, "nn.BatchNorm2d": nn.BatchNorm2d, "nn.Identity": nn.Identity})
 CHANNEL_MODULES = (Conv, Bottleneck, C3, SPPF, SPP, Focus)
+MAX_PARAMETERS = 200_000_000  # yolov5x is 86.7M; far beyond that a yaml is a mistake (or a memory bomb)
 
 
 def _literal(a, names: dict):
@@ -118,12 +120,11 @@ def _layer_args(m: type, f, n: int, args: list, ch: list[int], gw: float, no: in
     return args, c2, n
 
 
-def parse_model(d: dict, ch: list[int]) -> tuple[nn.Sequential, list[int]]:
-    """Build the layer list from a yaml dict; records i/f/type/np on each layer for routing and summaries."""
+def _rows(d: dict, ch: list[int]) -> Iterator[tuple[int, object, int, type, str, list, int]]:
+    """Each yaml layer resolved as parse_model builds it: (i, from, repeats, module, name, args, out channels)."""
     anchors, nc, gd, gw = d["anchors"], d["nc"], d["depth_multiple"], d["width_multiple"]
     na = (len(anchors[0]) // 2) if isinstance(anchors, list) else anchors
     no = na * (nc + 5)
-    layers, save, c2 = [], [], ch[-1]
     for i, (f, n, m_name, args) in enumerate(d["backbone"] + d["head"]):
         if m_name not in MODULES:
             raise ValueError(f"model yaml layer {i}: unknown module '{m_name}' (known: {', '.join(sorted(MODULES))})")
@@ -131,14 +132,71 @@ def parse_model(d: dict, ch: list[int]) -> tuple[nn.Sequential, list[int]]:
         args = [_literal(a, {"nc": nc, "anchors": anchors}) for a in args]
         n = max(round(n * gd), 1) if n > 1 else n
         args, c2, n = _layer_args(m, f, n, args, ch, gw, no)
+        yield i, f, n, m, m_name, args, c2
+        if i == 0:
+            ch = []
+        ch.append(c2)
+
+
+def _conv_params(c1: int, c2: int, k: int | list = 1, g: int = 1) -> int:
+    """Conv (conv + BatchNorm) parameters, without building it."""
+    k = k if isinstance(k, int) else 1
+    return c1 * c2 * k * k // max(int(g), 1) + 2 * c2
+
+
+def _module_params(m: type, args: list) -> int:
+    """Parameter count of one module from its constructor args (the formulas of models/common.py)."""
+    if m is Conv:
+        return _conv_params(args[0], args[1], *(args[2:3] or [1]), *(args[5:6] or [1]))
+    if m is Focus:
+        return _conv_params(args[0] * 4, args[1], *(args[2:3] or [1]))
+    if m is Bottleneck:
+        c_ = int(args[1] * (args[4] if len(args) > 4 else 0.5))
+        return _conv_params(args[0], c_) + _conv_params(c_, args[1], 3)
+    if m is C3:
+        c1, c2, n = args[:3]
+        c_ = int(c2 * (args[5] if len(args) > 5 else 0.5))
+        return 2 * _conv_params(c1, c_) + _conv_params(2 * c_, c2) + n * _module_params(Bottleneck, [c_, c_, 1, 1, 1.0])
+    if m in (SPPF, SPP):
+        pools = 3 if m is SPPF else len(args[2] if len(args) > 2 else (5, 9, 13))
+        return _conv_params(args[0], args[0] // 2) + _conv_params(args[0] // 2 * (pools + 1), args[1])
+    if m is Detect:
+        na, no = len(args[1][0]) // 2, args[0] + 5
+        return sum(c * no * na + no * na for c in args[2])
+    if m is nn.BatchNorm2d:
+        return 2 * args[0]
+    return 0
+
+
+def check_model_size(d: dict, ch: int = 3, limit: int = MAX_PARAMETERS) -> int:
+    """Parameters a model yaml implies, counted from its rows: an absurd yaml is refused before it eats the memory."""
+    total, worst = 0, (0, "")
+    try:
+        for i, _, n, m, m_name, args, c2 in _rows(deepcopy(d), [ch]):
+            p, repeats = n * _module_params(m, args), args[2] if m is C3 else n
+            total += p
+            worst = max(worst, (p, f"layer {i} {m_name} with {c2} output channels x{repeats}"))
+    except (OverflowError, MemoryError, IndexError, TypeError) as e:
+        raise ValueError(f"model yaml: unusable layer sizes ({type(e).__name__}: {e}); check width_multiple "
+                         f"{d.get('width_multiple')}, depth_multiple {d.get('depth_multiple')} and channel counts"
+                         ) from None
+    if total > limit:
+        raise ValueError(f"model yaml: about {total / 1e6:,.0f}M parameters, over the {limit / 1e6:.0f}M limit "
+                         f"(width_multiple {d.get('width_multiple')}, depth_multiple {d.get('depth_multiple')}; "
+                         f"largest: {worst[1]}, {worst[0] / 1e6:,.0f}M); use yolov5[nsmlx].yaml sizes")
+    return total
+
+
+def parse_model(d: dict, ch: list[int]) -> tuple[nn.Sequential, list[int]]:
+    """Build the layer list from a yaml dict; records i/f/type/np on each layer for routing and summaries."""
+    check_model_size(d, ch[-1])
+    layers, save = [], []
+    for i, f, n, m, m_name, args, _ in _rows(d, ch):
         m_ = nn.Sequential(*(m(*args) for _ in range(n))) if n > 1 else m(*args)
         m_.i, m_.f, m_.type = i, f, m_name.replace("__main__.", "")
         m_.np = sum(x.numel() for x in m_.parameters())
         save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
         layers.append(m_)
-        if i == 0:
-            ch = []
-        ch.append(c2)
     return nn.Sequential(*layers), sorted(save)
 
 

@@ -13,6 +13,7 @@ import torch
 import benchmark
 from models.yolo import DetectionModel
 from utils.benchmark import machine, report, variants
+from utils.export import onnx_precision
 from utils.sparsity import blocks
 from utils.benchmark.pipeline import Pipeline, fill_batch, load_images, random_images
 from utils.benchmark.runner import measure_async, measure_sync

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+
+from utils.torch_utils import select_device
 
 USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError)
 # Filesystem refusals the user fixes (permissions, read-only mounts, full disks), not bugs worth a traceback
@@ -14,6 +17,40 @@ STORAGE_ERRNOS = {errno.EACCES: "choose a folder you can write to (e.g. --projec
                   errno.EROFS: "the filesystem is read-only; choose a writable folder (e.g. --project)",
                   errno.ENOSPC: "free disk space or choose a folder on another disk (e.g. --project)",
                   errno.EDQUOT: "your disk quota is used up; free space or choose another folder (e.g. --project)"}
+
+
+MAX_IMGSZ = 8192  # 16x the usual 640 (and well past any letterbox worth running on a CPU)
+
+
+def check_options(imgsz: int | Iterable[int] | None = None, batch_size: int | None = None,
+                  device: str | None = None) -> None:
+    """Refuse impossible --img/--batch-size/--device in one line, before any run folder, model or data is touched."""
+    for size in [imgsz] if isinstance(imgsz, int) else list(imgsz or []):
+        if not 1 <= int(size) <= MAX_IMGSZ:
+            raise ValueError(f"--img {size}: image size must be between 1 and {MAX_IMGSZ} pixels (e.g. --img 640)")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch-size {batch_size}: must be at least 1 (e.g. --batch-size 32)")
+    if device is not None:
+        select_device(device)  # --device cuda:0 on a CPU build: the same one line train.py gives
+
+
+def check_model_classes(model_names: list[str], data: dict, weights: str | object, single_cls: bool = False) -> None:
+    """Refuse a model whose class count differs from the data yaml's: it ends in IndexError or a silent mAP ~0."""
+    if single_cls or not model_names or len(model_names) == data["nc"]:
+        return
+    raise ValueError(f"{weights}: model has {len(model_names)} classes but {data.get('yaml_file') or 'the dataset'} "
+                     f"has nc={data['nc']}; use the data yaml the model was trained on, or --single-cls to score "
+                     f"boxes without classes")
+
+
+def warn_unknown_classes(classes: list[int] | None, names: list[str]) -> None:
+    """--classes ids the model does not have would silently filter out every detection: say so in one line."""
+    unknown = [c for c in classes or [] if not 0 <= c < len(names)]
+    if unknown and names:
+        logging.getLogger("yolov5-sparse").warning(
+            f"WARNING ⚠️ --classes {' '.join(map(str, unknown))}: not classes of this model "
+            f"(ids 0-{len(names) - 1}); "
+            f"they match no detection")
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -46,4 +83,14 @@ def exit_on_user_error(code: int = 2) -> Iterator[None]:
         if msg is None or os.environ.get("YOLOV5_DEBUG"):
             raise
         print(f"ERROR: {msg}", file=sys.stderr)
+        sys.exit(code)
+
+
+@contextlib.contextmanager
+def exit_on_interrupt(code: int = 130) -> Iterator[None]:
+    """Ctrl-C: one line (the interrupt's hint, e.g. the resume command), not a traceback; exit 130 as shells do."""
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        print(f"\nInterrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
         sys.exit(code)

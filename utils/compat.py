@@ -15,6 +15,8 @@ import torch  # noqa: E402
 import torch.quantization as _torch_quantization  # noqa: E402
 from torch.ao.quantization.qconfig import QConfig as _TorchQConfig  # noqa: E402
 
+from utils.recipe_eval import bounded_eval  # noqa: E402
+
 # SparseML 1.8's own default on torch>=1.10 (sparseml.pytorch.opset); QAT export needs >=13, and DeepSparse 1.8,
 # onnxruntime and OpenVINO all load it.
 ONNX_OPSET = 14
@@ -51,12 +53,31 @@ def import_sparseml() -> Any:
         with warnings.catch_warnings():  # sparseml 1.8 imports pkg_resources; the pin (setuptools<81) keeps it working
             warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
             from sparseml.pytorch.optim import ScheduledModifierManager  # heavy optional stack, loaded on demand
+        bound_sparseml_eval()
     except ImportError as e:
         raise ImportError(
             f"SparseML is needed for recipe-driven pruning/quantization but could not be imported ({e}). "
             "Install the pinned stack with `pip install -r requirements.txt` (sparseml==1.8.0 needs Python <3.12)."
         ) from e
     return ScheduledModifierManager
+
+
+def bound_sparseml_eval() -> None:
+    """Route SparseML's recipe eval(...) through bounded_eval, so every from_yaml (stored recipes too) is bounded."""
+    import sparseml.optim.helpers as helpers
+    from sparseml.utils import UnknownVariableException
+
+    def restricted_eval(expression: str, variables: dict | None = None) -> int | float:
+        """SparseML's signature; unknown names raise its exception, which its variable resolution relies on."""
+        variables = variables or {}
+
+        def lookup(name: str) -> int | float:
+            if name not in variables:
+                raise UnknownVariableException(name)
+            return variables[name]
+        return bounded_eval(expression, lookup)
+
+    helpers.restricted_eval = restricted_eval
 
 
 def onnx_export_kwargs(opset: int | None = None, for_sparseml: bool = False) -> dict[str, Any]:

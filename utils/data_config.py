@@ -18,6 +18,7 @@ from utils.assets import assets_dir
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS_DIR = ROOT.parent / "datasets"  # Ultralytics convention: datasets live beside the repository
 SPLITS = ("train", "val", "test")
+URL_SCHEMES = ("http://", "https://", "file://")  # download: values fetched as archives; anything else is Python
 LOGGER = logging.getLogger(__name__)
 
 
@@ -25,8 +26,11 @@ class DatasetError(ValueError):
     """A problem with the user's dataset or its yaml; the message is one line naming the file and the fix."""
 
 
-def check_dataset(data: str | Path | dict, autodownload: bool = True) -> dict:
-    """Validate a dataset yaml (or dict) and return it with absolute split paths, `names` as a list and `nc`."""
+def check_dataset(data: str | Path | dict, autodownload: bool = True, allow_code: bool = False) -> dict:
+    """Validate a dataset yaml (or dict) and return it with absolute split paths, `names` as a list and `nc`.
+
+    A `download:` that is Python text runs only with allow_code (--allow-download-code): a yaml is data, not a script.
+    """
     yaml_file, cfg = _load_config(data)
     where = str(yaml_file) if yaml_file else "dataset dict"
     _check_types(cfg, where)
@@ -40,7 +44,7 @@ def check_dataset(data: str | Path | dict, autodownload: bool = True) -> dict:
     cfg["yaml_file"] = str(yaml_file) if yaml_file else None
     missing = _missing_paths(cfg["val"])
     if missing:
-        _fetch_missing(cfg, where, missing, autodownload)
+        _fetch_missing(cfg, where, missing, autodownload, allow_code)
     return cfg
 
 
@@ -146,13 +150,29 @@ def _missing_paths(value: str | list[str]) -> list[str]:
     return [v for v in ([value] if isinstance(value, str) else value) if not Path(v).exists()]
 
 
-def _fetch_missing(cfg: dict, where: str, missing: list[str], autodownload: bool) -> None:
+def is_download_code(source: str) -> bool:
+    """A download entry that is not a URL is Python text (the Ultralytics snippet form)."""
+    return not str(source).startswith(URL_SCHEMES)
+
+
+def _refuse_code(source: str, where: str, missing: str) -> None:
+    """One line showing what the yaml would run and the flag that allows it; nothing is executed."""
+    code = str(source).strip()
+    shown = repr(code if len(code) <= 200 else code[:200] + " ...")
+    raise DatasetError(f"{where}: dataset not found (missing {missing}) and its 'download' is Python code, not run "
+                       f"without --allow-download-code: {shown}; read it, then rerun with --allow-download-code "
+                       f"if you trust it, or put the dataset there yourself")
+
+
+def _fetch_missing(cfg: dict, where: str, missing: list[str], autodownload: bool, allow_code: bool = False) -> None:
     """Run the yaml's download step when val data is missing, else fail with how to fix it."""
     source = cfg.get("download")
     fix = f"put the dataset there or set 'path:' in {where} to its root"
     if not source or not autodownload:
         hint = "" if not source else " (autodownload is off)"
         raise DatasetError(f"{where}: dataset not found, missing val path {missing[0]}{hint}; {fix}")
+    if is_download_code(source) and not allow_code:
+        _refuse_code(source, where, missing[0])
     LOGGER.info(f"Dataset not found, missing {missing}; downloading with {where} 'download' ...")
     try:
         _download(str(source), Path(cfg["path"]), cfg)
@@ -166,7 +186,7 @@ def _fetch_missing(cfg: dict, where: str, missing: list[str], autodownload: bool
 
 def _download(source: str, root: Path, cfg: dict) -> None:
     """A URL to a .zip/.tar archive is fetched and unpacked beside the root; other text runs as Python."""
-    if source.startswith(("http://", "https://", "file://")):  # file:// lets mirrors and tests work offline
+    if not is_download_code(source):  # file:// lets mirrors and tests work offline
         root.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
             archive = Path(tmp) / Path(source.split("?")[0]).name

@@ -44,19 +44,52 @@ def _suffix(path: str) -> str:
     return path.rsplit(".", 1)[-1].lower() if "." in os.path.basename(path) else ""
 
 
+def walk_files(root: str | Path) -> tuple[list[str], int]:
+    """Files under root, entering each real folder once: a link back into the tree (a loop) is skipped, not followed.
+
+    Returns (files, number of directory links skipped because their target was already scanned).
+    """
+    files: list[str] = []
+    seen, skipped = {os.path.realpath(root)}, 0
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        keep = []
+        for d in sorted(x for x in dirnames if not x.startswith(".")):  # hidden folders stay out, as with glob
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real in seen:
+                skipped += 1
+            else:
+                seen.add(real)
+                keep.append(d)
+        dirnames[:] = keep
+        files += [os.path.join(dirpath, f) for f in filenames if not f.startswith(".")]
+    return files, skipped
+
+
+def dedupe_real(files: list[str]) -> tuple[list[str], int]:
+    """First path of each real file (sorted order kept): two links to one image must not count it twice."""
+    seen: set[str] = set()
+    out = [f for f in files if not (os.path.realpath(f) in seen or seen.add(os.path.realpath(f)))]
+    return out, len(files) - len(out)
+
+
 def list_image_files(path: str | Path | list, prefix: str = "") -> list[str]:
     """Images named by a folder (recursive), a .txt list (relative lines resolve against its folder) or a list."""
     files: list[str] = []
+    links = 0
     for p in path if isinstance(path, (list, tuple)) else [path]:
         p = Path(p)
         if p.is_dir():
-            files += glob.glob(str(p / "**" / "*.*"), recursive=True)
+            found, skipped = walk_files(p)
+            files, links = files + found, links + skipped
         elif p.is_file():
             lines = [x.strip() for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
             files += [x if os.path.isabs(x) else os.path.normpath(p.parent / x) for x in lines]
         else:
             raise DatasetError(f"{prefix}{p} does not exist; check the train/val paths in your dataset yaml")
-    images = sorted(f.replace("/", os.sep) for f in files if _suffix(f) in IMG_FORMATS)
+    images, dups = dedupe_real(sorted(f.replace("/", os.sep) for f in files if _suffix(f) in IMG_FORMATS))
+    if links or dups:
+        LOGGER.warning(f"{prefix}WARNING ⚠️ skipped {links} directory links to folders already scanned (loops or "
+                       f"repeats) and {dups} duplicate images (same real file) in {path}")
     if not images:
         raise DatasetError(f"{prefix}no images found in {path} (formats: {', '.join(IMG_FORMATS)}); {HELP}")
     return images

@@ -241,14 +241,18 @@ def count_orphans(label_files: list[str]) -> int:
 
 
 def cache_hash(im_files: list[str], label_files: list[str], nc: int | None) -> str:
-    """Invalidation key: every path with its size (or -1 when absent), plus nc and the cache format version."""
+    """Invalidation key: every path with its size and mtime_ns (-1 when absent), plus nc and the cache version.
+
+    The mtime matters: a label edited in place to the same size (a class id 1 -> 2) must be re-read.
+    """
     h = hashlib.sha256(f"v{CACHE_VERSION} nc={nc}\n".encode())
     for f in (*im_files, *label_files):
         try:
-            size = os.path.getsize(f)
+            st = os.stat(f)
+            size, mtime = st.st_size, st.st_mtime_ns
         except OSError:
-            size = -1
-        h.update(f"{f}\0{size}\n".encode())
+            size = mtime = -1
+        h.update(f"{f}\0{size}\0{mtime}\n".encode())
     return h.hexdigest()
 
 

@@ -8,7 +8,9 @@ import glob
 import math
 import os
 import random
+import signal
 import sys
+import threading
 from contextlib import contextmanager
 from copy import deepcopy
 from typing import Callable, Iterator
@@ -239,3 +241,19 @@ def _glibc() -> ctypes.CDLL | None:
         return libc
     except (OSError, AttributeError):
         return None
+
+
+@contextmanager
+def defer_sigint() -> Iterator[None]:
+    """Hold a Ctrl-C until the block ends: a checkpoint write is finished, then the interrupt is raised as usual."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt

@@ -5,6 +5,7 @@ import argparse
 import math
 import os
 import random
+import shlex
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -25,6 +26,7 @@ from utils.checkpoint import CheckpointError, atomic_save, load_checkpoint, load
 from utils.data_config import check_dataset
 from utils.dataloaders import create_dataloader
 from utils.evaluate import evaluate
+from utils.files import claim_run_dir, lock_run_dir
 from utils.logger import LOGGER
 from utils.loss import ComputeLoss
 from utils.metrics import fitness
@@ -34,6 +36,7 @@ from utils.train_utils import (
     EarlyStopping,
     ModelEMA,
     de_parallel,
+    defer_sigint,
     init_seeds,
     intersect_dicts,
     linear_lr,
@@ -59,6 +62,14 @@ TRAINING_STATE_KEYS = ("optimizer", "scheduler", "ema", "train_model", "last_opt
 
 class TrainConfigError(ValueError):
     """Bad options or data for a training run; the message names the input and the fix."""
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the weights went NaN/inf: stop rather than train on and overwrite last.pt with garbage."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during fit(); the message is the command that resumes the run from its last.pt."""
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -122,7 +133,7 @@ class Trainer:
         init_seeds(int(self.opt.seed) + 1 + self.rank, deterministic=True)
         self.device = self._device()
         with torch_distributed_zero_first(self.local_rank):
-            self.data = check_dataset(self.opt.data)
+            self.data = check_dataset(self.opt.data, allow_code=bool(getattr(self.opt, "allow_download_code", False)))
         self._prepare_run_dir()  # after the data check: a typo in --data leaves no empty run folder
         self.single_cls = bool(self.opt.single_cls)
         self.nc = 1 if self.single_cls else int(self.data["nc"])
@@ -154,6 +165,7 @@ class Trainer:
         """weights/ folder plus hyp.yaml and opt.yaml (the resume source of truth; kept as is on resume)."""
         if not self.main:
             return
+        self._claim_run_dir()
         self.wdir.mkdir(parents=True, exist_ok=True)
         self.opt.hyp = dict(self.hyp)  # unscaled copy: resume re-applies the nl/nc/imgsz scaling
         LOGGER.info("hyperparameters: " + ", ".join(f"{k}={v}" for k, v in self.hyp.items()))
@@ -162,6 +174,19 @@ class Trainer:
         for name, d in (("hyp.yaml", self.hyp), ("opt.yaml", vars(self.opt))):
             with open(self.save_dir / name, "w") as f:
                 yaml.safe_dump(plain(d), f, sort_keys=False)
+
+    def _claim_run_dir(self) -> None:
+        """Own the run folder before writing: runs started together never share one (resume/--exist-ok: a lock)."""
+        opt = self.opt
+        if self.resume or not (getattr(opt, "project", None) and getattr(opt, "name", None)):
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+            lock_run_dir(self.save_dir)
+            return
+        self.save_dir = claim_run_dir(Path(opt.project) / opt.name, exist_ok=bool(getattr(opt, "exist_ok", False)))
+        opt.save_dir = str(self.save_dir)
+        self.wdir = self.save_dir / "weights"
+        self.last, self.best = self.wdir / "last.pt", self.wdir / "best.pt"
+        self.csv = self.save_dir / "results.csv"
 
     def _device(self) -> torch.device:
         """cuda:LOCAL_RANK under torchrun on GPUs, else the --device choice."""
@@ -338,10 +363,15 @@ class Trainer:
                                   f"nothing to resume")
         self._truncate_results()
         self._restore_rng()
-        with retained_heap():  # no page faults re-fetching freed activations every step
-            self._run_epochs()
-            if self.main:
-                self.final_eval()
+        try:
+            with retained_heap():  # no page faults re-fetching freed activations every step
+                self._run_epochs()
+                if self.main:
+                    self.final_eval()
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(f"resume with: python train.py --resume {shlex.quote(str(self.last))}"
+                                      if self.last.is_file() else "no checkpoint was saved yet; rerun the command") \
+                from None
         self.callbacks.on_train_end(self)
         return self.results
 
@@ -403,9 +433,23 @@ class Trainer:
             if self.world_size > 1 and self.local_rank != -1:
                 loss = loss * self.world_size  # DDP averages gradients over ranks; Ultralytics sums them
         self.loss = loss
+        self._check_finite_loss()
         self.scaler.scale(loss).backward()
         if self.ni - self.last_opt_step >= self.accumulate:
             self.optimizer_step()
+
+    def _check_finite_loss(self) -> None:
+        """A NaN/inf loss would poison the weights at the next step: stop now, before backward, naming the part."""
+        if bool(torch.isfinite(self.loss_items).all()) and bool(torch.isfinite(self.loss).all()):
+            return
+        bad = [n for n, v in zip(LOSS_NAMES, self.loss_items.tolist()) if not math.isfinite(v)] or ["total loss"]
+        raise TrainingDiverged(f"epoch {self.epoch} batch {self.batch_i}: {', '.join(bad)} is not finite "
+                               f"({', '.join(f'{n}={v:.4g}' for n, v in zip(LOSS_NAMES, self.loss_items.tolist()))}); "
+                               f"training stopped, {self._kept()}; lower --hyp lr0 or check the labels")
+
+    def _kept(self) -> str:
+        """Where the last finite checkpoint is, for the divergence message."""
+        return f"last finite checkpoint kept: {self.last}" if self.last.is_file() else "no checkpoint was saved yet"
 
     def optimizer_step(self) -> None:
         """Unscale and clip gradients, step, then update the EMA (hooks around the step for pruning masks)."""
@@ -540,12 +584,16 @@ class Trainer:
         ckpt = self.checkpoint_state()
         self.callbacks.on_model_save(self, ckpt)
         model = self.eval_model()
-        if self.best_fitness == self.fitness:  # last.pt goes last: --resume trusts it, so what it implies is on disk
-            save_checkpoint(self.best, model, **ckpt)
-        period = int(getattr(self.opt, "save_period", -1))
-        if period > 0 and self.epoch % period == 0:
-            save_checkpoint(self.wdir / f"epoch{self.epoch}.pt", model, **ckpt)
-        save_checkpoint(self.last, model, **ckpt)
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):  # never replace a good last.pt by NaN
+            raise TrainingDiverged(f"epoch {self.epoch}: the weights are not finite after training; not saved, "
+                                   f"{self._kept()}; lower --hyp lr0 or check the labels")
+        with defer_sigint():  # Ctrl-C while writing: finish the files, then stop with the resume command
+            if self.best_fitness == self.fitness:  # last.pt goes last: --resume trusts it, so its implications exist
+                save_checkpoint(self.best, model, **ckpt)
+            period = int(getattr(self.opt, "save_period", -1))
+            if period > 0 and self.epoch % period == 0:
+                save_checkpoint(self.wdir / f"epoch{self.epoch}.pt", model, **ckpt)
+            save_checkpoint(self.last, model, **ckpt)
 
     def final_eval(self) -> None:
         """Strip training state from last/best, validate best.pt with PR/F1 curves and confusion matrix, plot csv."""

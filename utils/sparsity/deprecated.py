@@ -74,7 +74,8 @@ def val_alias(kw: dict[str, Any], old: dict[str, Any]) -> tuple[bool, Any]:
     if not (old["sparsity"] or old["sensitivity"] or old["channel_prune"]):
         return False, None
     w, d, size = kw["weights"], kw["data"], kw["imgsz"]
-    spec = dict(data=check_dataset(d), imgsz=size, calib_images=old["calib_images"], mask_type=old["mask_type"],
+    data = check_dataset(d, allow_code=kw.get("allow_download_code", False))
+    spec = dict(data=data, imgsz=size, calib_images=old["calib_images"], mask_type=old["mask_type"],
                 calib_batches=old["calib_batches"], importance=old["channel_importance"],
                 allocation=old["channel_allocation"], sensitivity_table=old["sensitivity_table"])
     save_dir = increment_path(Path(kw["project"]) / kw["name"], exist_ok=kw["exist_ok"], mkdir=True)

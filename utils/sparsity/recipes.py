@@ -16,6 +16,7 @@ from torch import nn
 
 from utils.sparsity.modifiers import modifier_kind, sparseml_manager_class
 from utils.sparsity.zoo import ZooError, front_matter, resolve_recipe
+from utils.recipe_eval import ALLOWED, ExpressionError, bounded_eval
 
 ALL_TOKENS = ("__ALL__", "__ALL_PRUNABLE__")
 # Fields that name parameters (matched against model.named_parameters) or modules (matched against named_modules).
@@ -158,7 +159,102 @@ def _check_args(name: str, root: dict, args: dict) -> None:
     if unknown:
         raise RecipeError(f"--recipe-args {unknown}: not variables of recipe {name}; "
                           f"its variables are: {', '.join(sorted(variables)) or '(none)'}")
+    for k, v in args.items():  # a number stays a number: 'abc' for num_epochs would fail deep inside SparseML
+        default = root[k]
+        numeric = _is_number(default) or _eval_text(default) is not None
+        if numeric and not (_is_number(v) or _eval_text(v) is not None):
+            raise RecipeError(f"--recipe-args {k}={v!r}: expected a number (recipe {name} has {k}: {default!r})")
+        if not numeric and type(v) is not type(default):
+            raise RecipeError(f"--recipe-args {k}={v!r}: expected a {type(default).__name__} like the recipe's "
+                              f"{k}: {default!r} (recipe {name})")
 
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _eval_text(value: Any) -> str | None:
+    """The expression inside a SparseML 'eval(...)' string, else None."""
+    s = value.strip() if isinstance(value, str) else ""
+    return s[5:-1] if s.startswith("eval(") and s.endswith(")") else None
+
+
+def _scope_vars(mapping: dict) -> dict:
+    """Recipe variables of one level: plain (non-list, non-mapping) values, as SparseML collects them."""
+    return {k: v for k, v in mapping.items() if not isinstance(v, (list, dict)) and not str(k).startswith("__")}
+
+
+class _Scope:
+    """Variables visible at one recipe level; resolves eval(...) variables once each, refusing cycles."""
+
+    def __init__(self, variables: dict):
+        self.variables, self.values, self.active = variables, {}, set()
+
+    def lookup(self, var: str) -> int | float:
+        if var in self.values:
+            return self.values[var]
+        if var not in self.variables:
+            raise ExpressionError(f"unknown variable '{var}'")
+        value, expr = self.variables[var], _eval_text(self.variables[var])
+        if expr is None:
+            if not _is_number(value):
+                raise ExpressionError(f"variable '{var}' is {value!r}, not a number")
+        elif var in self.active:
+            raise ExpressionError(f"variables form a cycle through '{var}'")
+        else:
+            self.active.add(var)
+            value = bounded_eval(expr, self.lookup)
+            self.active.discard(var)
+        self.values[var] = value
+        return value
+
+    def check(self, value: Any) -> None:
+        """Evaluate an eval(...) string (a bare name of a non-numeric variable is passed through, as SparseML does)."""
+        expr = _eval_text(value)
+        if expr is None or (expr.strip() in self.variables and not _is_number(self.variables[expr.strip()])
+                            and _eval_text(self.variables[expr.strip()]) is None):
+            return
+        bounded_eval(expr, self.lookup)
+
+
+def _expressions(obj: Any, where: str) -> Iterator[tuple[str, Any]]:
+    """(where, value) for every string under obj, where naming the modifier and field."""
+    if isinstance(obj, dict):
+        tag = obj.get("__tag__")
+        for k, v in obj.items():
+            if not str(k).startswith("__"):
+                yield from _expressions(v, f"modifier !{tag} (YAML line {obj['__line__']}), field '{k}'"
+                                        if tag else f"field '{k}'" if not where else f"{where}.{k}")
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _expressions(v, where)
+    elif isinstance(obj, str):
+        yield where, obj
+
+
+def _levels(root: dict, args: dict) -> Iterator[tuple[str, dict, dict]]:
+    """(label prefix, variables, containers) of the top level and of each stage (stage variables shadow the top)."""
+    top = {**_scope_vars(root), **args}
+    containers = {k: v for k, v in root.items() if isinstance(v, (list, dict))}
+    stages = {k: v for k, v in containers.items() if isinstance(v, dict) and any("modifiers" in str(x) for x in v)}
+    yield "", top, {k: v for k, v in containers.items() if k not in stages}
+    for stage, body in stages.items():
+        yield f"stage '{stage}', ", {**top, **_scope_vars(body)}, {k: v for k, v in body.items()
+                                                                 if isinstance(v, (list, dict))}
+
+
+def check_expressions(name: str, root: dict, args: dict) -> None:
+    """Evaluate every eval(...) with bounded arithmetic before SparseML does (its eval has no limit on **)."""
+    for prefix, variables, containers in _levels(root, args):
+        scope = _Scope(variables)
+        items = [(f"{prefix}variable '{k}'", v) for k, v in variables.items()]
+        items += [(prefix + w, v) for k, c in containers.items() for w, v in _expressions(c, f"field '{k}'")]
+        for where, value in items:
+            try:
+                scope.check(value)
+            except ExpressionError as e:
+                raise RecipeError(f"recipe {name}: {where}: {value.strip()} refused: {e}; recipes may use "
+                                  f"{ALLOWED}") from None
 
 def _explain_type_error(name: str, specs: list[ModifierSpec], msg: str) -> str:
     """Map SparseML's constructor TypeError to the modifier and field it concerns."""
@@ -181,7 +277,7 @@ def build_manager(name: str, text: str, args: dict, specs: list[ModifierSpec]) -
         return manager_cls.from_yaml(text, recipe_variables=args or None)
     except TypeError as e:
         raise RecipeError(_explain_type_error(name, specs, str(e))) from None
-    except (ValueError, NameError, KeyError, AttributeError, yaml.YAMLError) as e:
+    except (ValueError, NameError, KeyError, AttributeError, RuntimeError, yaml.YAMLError) as e:
         raise RecipeError(f"recipe {name}: cannot build modifiers ({type(e).__name__}: {e}). "
                           f"Check eval(...) expressions and variable names.") from None
 
@@ -194,6 +290,7 @@ def load_recipe(recipe: str | Path, recipe_args: str | dict | None = None, model
     sparseml_manager_class()  # registers the modifier tags
     _check_tags(name, specs)
     _check_args(name, root, args)
+    check_expressions(name, root, args)
     rec = Recipe(name, text, args, build_manager(name, text, args, specs), specs)
     if model is not None:
         problems = unmatched_targets(rec, model)
