@@ -136,3 +136,24 @@ def test_zoo_stub_from_local_mirror(tmp_path: Path, monkeypatch):
     folder.mkdir(parents=True)
     (folder / "recipe_transfer_learn.md").write_text("---" + GMP + "---\n# card\n")
     assert load_recipe(stub + "?recipe_type=transfer_learn").manager.max_epochs == 4
+
+
+def test_phases_come_from_what_each_modifier_is() -> None:
+    """Phase logic reads SparseML's sparsification types (and our `gradual` attribute), not class-name lists: the
+    project's own !ChannelPruningModifier reports 'pruning' while its schedule runs, a GMP+QAT recipe reports QAT."""
+    from utils.sparsity.manager import SparsificationCallback
+    from utils.sparsity.modifiers import modifier_kind
+
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    channel = load_recipe(root / "yolov5s.channel_pruned.yaml")
+    kinds = {type(m).__name__: modifier_kind(m) for m in channel.modifiers()}
+    assert kinds == {"EpochRangeModifier": "other", "LearningRateFunctionModifier": "lr",
+                     "ChannelPruningModifier": "gradual_pruning"}
+    assert channel.has("lr") and channel.has("gradual_pruning") and not channel.has("qat", "constant_pruning")
+    cb = SparsificationCallback(root / "yolov5s.channel_pruned.yaml")
+    cb.rec = channel
+    assert cb._phase_at(None, 1.0) == "pruning"  # pruning_start_epoch 0, pruning_end_epoch 20
+    qat = load_recipe(root / "yolov5n.pruned_quantized.yaml")
+    assert {modifier_kind(m) for m in qat.modifiers()} >= {"qat", "gradual_pruning", "lr"}
+    transfer = load_recipe(root / "yolov5.transfer_learn_pruned.yaml")
+    assert transfer.has("constant_pruning") and not transfer.has("gradual_pruning")

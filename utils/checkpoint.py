@@ -152,6 +152,14 @@ def _needs_rebuild(ckpt: dict) -> bool:
     return bool(ckpt.get("recipe") or yaml_.get("channel_widths") or yaml_.get("channel_masks"))
 
 
+def _run_hook(hook: Callable[[nn.Module, dict], None], model: nn.Module, ckpt: dict, path: str | Path) -> None:
+    """A hook's refusal names the file it came from."""
+    try:
+        hook(model, ckpt)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
 def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> nn.Module:
     """Build the model from the stored yaml and load weights; a mismatch says it's another architecture."""
     if _needs_rebuild(ckpt) and not REBUILDS:
@@ -161,7 +169,7 @@ def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> nn.Mod
     hooks = [r for r in REBUILDS.values() if r.applies(ckpt)]
     for r in hooks:
         if r.before_load:
-            r.before_load(model, ckpt)
+            _run_hook(r.before_load, model, ckpt, path)
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as e:
@@ -170,7 +178,7 @@ def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> nn.Mod
                               f"The file is damaged or from another architecture; re-export it.") from None
     for r in hooks:
         if r.after_load:
-            r.after_load(model, ckpt)
+            _run_hook(r.after_load, model, ckpt, path)
     model.names = list(ckpt.get("names") or model.names)
     model.epoch = ckpt.get("epoch", -1)
     return model
