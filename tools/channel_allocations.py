@@ -63,7 +63,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cfg", default=DEFAULT_CFG, help="model yaml (random weights, calibrated BN and head)")
     p.add_argument("--imgsz", "--img", type=int, default=640, help="square input size")
     p.add_argument("--fraction", type=float, default=0.5, help="fraction of conv MACs removed by channels")
-    p.add_argument("--allocations", nargs="+", choices=ALLOCATIONS, default=["uniform", "latency"], help="channel allocations to compare")
+    p.add_argument("--allocations", nargs="+", choices=ALLOCATIONS, default=["uniform", "latency"],
+                   help="channel allocations to compare")
     p.add_argument("--runs", type=int, default=55, help="timed calls per model, after --warmup")
     p.add_argument("--warmup", type=int, default=5, help="untimed calls per model first")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
