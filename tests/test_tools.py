@@ -1,0 +1,74 @@
+"""Smoke tests of the experiment scripts in tools/: each run() at tiny settings returns sensible numbers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import ROOT
+from tests.test_val import coco128_yaml
+from tools import channel_allocations, ort_spinning, time_oneshot
+
+YOLOV5N = str(ROOT / "models/yolov5n.yaml")
+TIMES = ("e2e_ms", "pre_ms", "engine_ms", "post_ms")
+
+
+def assert_times(summary: dict) -> None:
+    """Every median is a positive number of milliseconds, end to end at least the engine call."""
+    assert all(summary[k] > 0 for k in TIMES), summary
+    assert summary["e2e_ms"] >= summary["engine_ms"]
+
+
+def test_ort_spinning_times_dense_and_pruned_with_and_without_spinning(tmp_path: Path, bus_jpg: Path) -> None:
+    res = ort_spinning.run(cfg=YOLOV5N, imgsz=96, runs=2, warmup=1, threads=1, source=str(bus_jpg),
+                           save_dir=str(tmp_path))
+    assert set(res) == {"spin=1", "spin=0"}
+    for r in res.values():
+        assert set(r) == {"dense", "cp50", "ratio"}
+        assert_times(r["dense"])
+        assert_times(r["cp50"])
+        assert r["ratio"] == r["dense"]["e2e_ms"] / r["cp50"]["e2e_ms"]
+    assert (tmp_path / "dense.onnx").is_file() and (tmp_path / "cp50.onnx").is_file()
+
+
+def test_ort_spinning_sessions_differ_from_the_engine_only_in_spinning(tmp_path: Path) -> None:
+    from tools.common import export_b1, random_model
+
+    file = export_b1(random_model(YOLOV5N, 64), tmp_path / "m.onnx", 64)
+    for spin, value in ((True, "1"), (False, "0")):
+        opts = ort_spinning.spin_pipeline(file, spin, 64, threads=1).engine.session.get_session_options()
+        assert opts.get_session_config_entry(ort_spinning.SPINNING) == value
+        assert opts.intra_op_num_threads == 1 and opts.inter_op_num_threads == 1
+
+
+def test_channel_allocations_prunes_and_times_each_allocation(tmp_path: Path, bus_jpg: Path) -> None:
+    res = channel_allocations.run(cfg=YOLOV5N, imgsz=96, runs=2, warmup=1, threads=1, source=str(bus_jpg),
+                                  save_dir=str(tmp_path))
+    assert list(res) == ["dense", "uniform", "latency"]
+    assert res["dense"]["macs_left"] == 1.0 and res["dense"]["speedup"] == 1.0
+    for name in ("uniform", "latency"):
+        r = res[name]
+        assert 0.3 < r["macs_left"] < 0.75, r["macs_left"]  # 50% asked; channel steps round the uniform widths
+        assert set(r["widths"]) == set(channel_allocations.GROUPS) and r["widths"]["model.0"] <= 16
+        assert r["speedup"] == res["dense"]["e2e_ms"] / r["e2e_ms"]
+        assert Path(r["file"]).is_file()
+    for r in res.values():
+        assert_times(r)
+
+
+def test_time_oneshot_obc_phases(tmp_path: Path, coco128_dir: Path) -> None:
+    data = coco128_yaml(tmp_path, coco128_dir, n=4)
+    out = time_oneshot.run(weights=YOLOV5N, data=str(data), imgsz=64, calib_images=4, sparsity=0.5, method="obc")
+    for key in ("calibration_s", "sensitivity_s", "prune_s", "total_s", "cpu_s"):
+        assert out[key] > 0, (key, out[key])
+    assert abs(out["total_s"] - out["calibration_s"] - out["sensitivity_s"] - out["prune_s"]) < 1e-6
+    assert abs(out["reached"] - 0.5) < 0.02
+    assert len(out["load_before"]) == 3 and out["method"] == "obc"
+
+
+def test_parse_opt_defaults_reproduce_the_recorded_runs() -> None:
+    """yolov5s at 640 with the old scripts' call counts (50 and 60 calls, the first 5 dropped)."""
+    for tool, calls in ((ort_spinning, 50), (channel_allocations, 60)):
+        opt = tool.parse_opt([])
+        assert Path(opt.cfg).name == "yolov5s.yaml" and opt.imgsz == 640 and opt.fraction == 0.5
+        assert opt.runs + opt.warmup == calls and opt.warmup == 5
+    opt = time_oneshot.parse_opt(["--cfg", YOLOV5N, "--img", "128"])
+    assert opt.weights == YOLOV5N and opt.imgsz == 128 and opt.method == "obc" and opt.calib_images == 128

@@ -1,0 +1,1 @@
+"""Experiment scripts behind the numbers in docs/results/ (thin wrappers over the package's public entry points)."""

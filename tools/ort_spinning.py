@@ -1,0 +1,100 @@
+"""ONNX Runtime end to end with and without intra-op spinning: dense vs channel-pruned, batch 1, interleaved.
+
+Exports its own random-init dense model and a channel-pruned copy ('uniform' allocation, as benchmark.py's cp50
+rows), then for spinning on (1) and off (0) times both through the benchmark's pre/engine/post pipeline. The
+sessions use the engine's settings (utils.engines.onnxruntime_engine.session_options) with only
+`session.intra_op.allow_spinning` changed.
+
+Usage:
+    python tools/ort_spinning.py                      # yolov5s, 640, 50 calls per model and setting
+    python tools/ort_spinning.py --cfg models/yolov5n.yaml --img 128 --runs 3 --warmup 1
+
+The default reproduces docs/results/benchmark640/ort_spinning.txt's setup (then docs/results/benchmark640/
+ort_spinning.py on the files of a benchmark run: 50 calls, the first 5 dropped).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tools.common import (DEFAULT_CFG, DEFAULT_SOURCE, channel_pruned, export_b1, parts_text,  # noqa: E402
+                          random_model, sample_batch, time_interleaved)
+from utils.benchmark.pipeline import Pipeline  # noqa: E402
+from utils.engines import load_engine  # noqa: E402
+from utils.engines.onnxruntime_engine import session_options  # noqa: E402
+from utils.logger import LOGGER, setup_logging  # noqa: E402
+from utils.sparsity.channel import ALLOCATIONS  # noqa: E402
+
+SPINNING = "session.intra_op.allow_spinning"
+
+
+def export_models(cfg: str, imgsz: int, fraction: float, allocation: str, save_dir: Path) -> dict[str, Path]:
+    """Dense and channel-pruned ONNX files ('dense', 'cp50' for fraction 0.5) in save_dir."""
+    base = random_model(cfg, imgsz)
+    pruned, report = channel_pruned(base, fraction, allocation, imgsz)
+    tag = f"cp{round(fraction * 100)}"
+    LOGGER.info(f"{tag}: conv MACs left {report['macs_left']:.3f} ({allocation} allocation)")
+    return {"dense": export_b1(base, save_dir / "dense.onnx", imgsz),
+            tag: export_b1(pruned, save_dir / f"{tag}.onnx", imgsz)}
+
+
+def spin_pipeline(file: Path, spin: bool, imgsz: int, threads: int | None) -> Pipeline:
+    """The benchmark pipeline on an ORT session with the engine's options, spinning on or off."""
+    opts, value = session_options(threads), "1" if spin else "0"
+    if opts.get_session_config_entry(SPINNING) != value:  # ORT logs a warning that it overwrites the engine's "0"
+        opts.add_session_config_entry(SPINNING, value)
+    engine = load_engine(str(file), "onnxruntime", batch_size=1, imgsz=imgsz, num_threads=threads)
+    engine.session = ort.InferenceSession(str(file), sess_options=opts, providers=["CPUExecutionProvider"])
+    return Pipeline(engine, (imgsz, imgsz))
+
+
+def run(cfg: str = DEFAULT_CFG, imgsz: int = 640, fraction: float = 0.5, allocation: str = "uniform", runs: int = 45,
+        warmup: int = 5, threads: int | None = None, source: str = DEFAULT_SOURCE,
+        save_dir: str = "runs/ort_spinning") -> dict[str, dict]:
+    """{'spin=1': ..., 'spin=0': ...}: per model e2e/pre/engine/post medians (ms), and 'ratio' dense/pruned e2e."""
+    files = export_models(cfg, imgsz, fraction, allocation, Path(save_dir))
+    images = sample_batch(source)
+    results = {}
+    for spin in (True, False):
+        key = f"spin={int(spin)}"
+        pipes = {name: spin_pipeline(f, spin, imgsz, threads) for name, f in files.items()}
+        res = time_interleaved(pipes, images, runs, warmup)
+        for name, r in res.items():
+            LOGGER.info(f"{key} {name}: e2e median {r['e2e_ms']:.1f} ms, parts pre/inf/post {parts_text(r)}")
+        dense, pruned = (res[n]["e2e_ms"] for n in files)
+        res["ratio"] = dense / pruned
+        LOGGER.info(f"{key} ratio {' / '.join(files)} = {res['ratio']:.2f}")
+        results[key] = res
+    return results
+
+
+def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options (see the module docstring)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cfg", default=DEFAULT_CFG, help="model yaml (random weights, calibrated BN and head)")
+    p.add_argument("--imgsz", "--img", type=int, default=640, help="square input size")
+    p.add_argument("--fraction", type=float, default=0.5, help="fraction of conv MACs removed by channels")
+    p.add_argument("--allocation", choices=ALLOCATIONS, default="uniform", help="channel allocation of the pruned copy")
+    p.add_argument("--runs", type=int, default=45, help="timed calls per model and setting, after --warmup")
+    p.add_argument("--warmup", type=int, default=5, help="untimed calls per model and setting first")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
+    p.add_argument("--source", default=DEFAULT_SOURCE, help="image file or folder; its first image is timed")
+    p.add_argument("--save-dir", default="runs/ort_spinning", help="where the ONNX files go")
+    return p.parse_args(argv)
+
+
+def main(opt: argparse.Namespace) -> dict[str, dict]:
+    """Run with the parsed options."""
+    setup_logging()
+    return run(**vars(opt))
+
+
+if __name__ == "__main__":
+    main(parse_opt())
