@@ -18,7 +18,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -28,7 +27,6 @@ from tools.common import (DEFAULT_CFG, DEFAULT_SOURCE, channel_pruned, export_b1
                           random_model, sample_batch, time_interleaved)
 from utils.benchmark.pipeline import Pipeline  # noqa: E402
 from utils.engines import load_engine  # noqa: E402
-from utils.engines.onnxruntime_engine import session_options  # noqa: E402
 from utils.logger import LOGGER, setup_logging  # noqa: E402
 from utils.sparsity.channel import ALLOCATIONS  # noqa: E402
 
@@ -47,11 +45,8 @@ def export_models(cfg: str, imgsz: int, fraction: float, allocation: str, save_d
 
 def spin_pipeline(file: Path, spin: bool, imgsz: int, threads: int | None) -> Pipeline:
     """The benchmark pipeline on an ORT session with the engine's options, spinning on or off."""
-    opts, value = session_options(threads), "1" if spin else "0"
-    if opts.get_session_config_entry(SPINNING) != value:  # ORT logs a warning that it overwrites the engine's "0"
-        opts.add_session_config_entry(SPINNING, value)
-    engine = load_engine(str(file), "onnxruntime", batch_size=1, imgsz=imgsz, num_threads=threads)
-    engine.session = ort.InferenceSession(str(file), sess_options=opts, providers=["CPUExecutionProvider"])
+    engine = load_engine(str(file), "onnxruntime", batch_size=1, imgsz=imgsz, num_threads=threads,
+                         session_config={SPINNING: "1" if spin else "0"})
     return Pipeline(engine, (imgsz, imgsz))
 
 

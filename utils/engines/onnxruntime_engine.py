@@ -25,8 +25,9 @@ def import_onnxruntime():
 
 
 
-def session_options(num_threads: int | None = None):
-    """The session settings every ORT run here uses (engine, profiler), so timings of both describe one setup."""
+def session_options(num_threads: int | None = None, config: dict[str, str] | None = None):
+    """The session settings every ORT run here uses (engine, profiler), so timings of both describe one setup;
+    `config` overrides session config entries (e.g. tools/ort_spinning.py turns spinning back on)."""
     ort = import_onnxruntime()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -36,6 +37,8 @@ def session_options(num_threads: int | None = None):
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if num_threads:
         opts.intra_op_num_threads = int(num_threads)
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, str(value))
     return opts
 
 class OnnxRuntimeEngine(Engine):
@@ -43,11 +46,15 @@ class OnnxRuntimeEngine(Engine):
 
     name = "onnxruntime"
 
+    def __init__(self, *args, session_config: dict[str, str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.session_config = session_config
+
     def load(self, path: str | Path) -> "OnnxRuntimeEngine":
         ort = import_onnxruntime()
         if self.device != "cpu":
             raise EngineUnavailable(f"onnxruntime engine: this build runs on CPU only, got device={self.device!r}")
-        opts = session_options(self.num_threads)
+        opts = session_options(self.num_threads, self.session_config)
         self.file = str(path)
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         self._read_io()
