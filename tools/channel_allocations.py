@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tools.common import (DEFAULT_CFG, DEFAULT_SOURCE, channel_pruned, export_b1, parts_text,  # noqa: E402
+from tools.common import (DEFAULT_CFG, DEFAULT_SOURCE, add_timing_args, channel_pruned, export_b1, parts_text,  # noqa: E402
                           random_model, sample_batch, time_interleaved)
 from utils.benchmark.pipeline import Pipeline  # noqa: E402
 from utils.engines import load_engine  # noqa: E402
@@ -60,16 +60,9 @@ def run(cfg: str = DEFAULT_CFG, imgsz: int = 640, fraction: float = 0.5, allocat
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cfg", default=DEFAULT_CFG, help="model yaml (random weights, calibrated BN and head)")
-    p.add_argument("--imgsz", "--img", type=int, default=640, help="square input size")
-    p.add_argument("--fraction", type=float, default=0.5, help="fraction of conv MACs removed by channels")
+    add_timing_args(p, runs=55, save_dir='runs/channel640')
     p.add_argument("--allocations", nargs="+", choices=ALLOCATIONS, default=["uniform", "latency"],
                    help="channel allocations to compare")
-    p.add_argument("--runs", type=int, default=55, help="timed calls per model, after --warmup")
-    p.add_argument("--warmup", type=int, default=5, help="untimed calls per model first")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
-    p.add_argument("--source", default=DEFAULT_SOURCE, help="image file or folder; its first image is timed")
-    p.add_argument("--save-dir", default="runs/channel640", help="where the ONNX files go")
     return p.parse_args(argv)
 
 

@@ -2,6 +2,7 @@
 batch-1 ONNX export and interleaved end-to-end timing through the benchmark's pre/engine/post pipeline."""
 from __future__ import annotations
 
+import argparse
 import copy
 import statistics
 import time
@@ -72,3 +73,15 @@ def medians(rows: Sequence[tuple[float, ...]]) -> dict[str, float]:
 def parts_text(summary: dict[str, float]) -> str:
     """'[pre, engine, post]' rounded to 0.1 ms."""
     return str([round(summary[k], 1) for k in PARTS])
+
+
+def add_timing_args(p: argparse.ArgumentParser, runs: int, save_dir: str) -> None:
+    """The flags both timing tools share: model, size, cut, timed/untimed calls, threads, image, output folder."""
+    p.add_argument("--cfg", default=DEFAULT_CFG, help="model yaml (random weights, calibrated BN and head)")
+    p.add_argument("--imgsz", "--img", type=int, default=640, help="square input size")
+    p.add_argument("--fraction", type=float, default=0.5, help="fraction of conv MACs removed by channels")
+    p.add_argument("--runs", type=int, default=runs, help="timed calls per model (and setting), after --warmup")
+    p.add_argument("--warmup", type=int, default=5, help="untimed calls per model (and setting) first")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
+    p.add_argument("--source", default=DEFAULT_SOURCE, help="image file or folder; its first image is timed")
+    p.add_argument("--save-dir", default=save_dir, help="where the ONNX files go")
