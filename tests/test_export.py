@@ -180,7 +180,7 @@ def test_channel_prune_export_with_latency_allocation(tmp_path, yolov5n_pt) -> N
     shutil.copy(yolov5n_pt, weights)
     opt = export.parse_opt(["--weights", str(weights), "--img", "128", "--channel-prune", "0.3",
                             "--channel-allocation", "latency"])
-    files = export.run(**vars(opt))
+    files = export.main(opt)
     assert files[0] == tmp_path / "yolov5n_cp30.onnx" and files[0].is_file()
     pruned, dense = load_model(tmp_path / "yolov5n_cp30.pt"), load_model(weights)
     left = ChannelGraph(pruned).macs() / ChannelGraph(dense).macs()

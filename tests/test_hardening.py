@@ -88,7 +88,7 @@ def test_recipe_eval_within_bounds_still_works() -> None:
 
 def test_sparseml_eval_itself_is_bounded() -> None:
     """A recipe stored in a checkpoint reaches SparseML's from_yaml directly: its eval is bounded too."""
-    from utils.sparsity.compat import import_sparseml
+    from utils.compat import import_sparseml
     from utils.recipe_eval import ExpressionError
     t = time.time()
     with pytest.raises(ExpressionError, match="exceeds"):
