@@ -161,20 +161,20 @@ class _Histogram:
 
 
 def _kl(counts: np.ndarray, a: int, b: int, levels: int) -> float:
-    """KL divergence of the histogram clipped to bins [a, b) (outliers folded into the edges) vs its quantized copy."""
-    p = counts[a:b].astype(np.float64)
+    """KL(P || Q), TensorRT style: P is the histogram clipped to bins [a, b) with the outliers folded into its edge
+    bins, Q the clipped bins (outliers dropped) quantized to `levels` levels, so clipping costs the outlier mass."""
+    inside = counts[a:b].astype(np.float64)
+    p = inside.copy()
     p[0] += counts[:a].sum()
     p[-1] += counts[b:].sum()
-    if len(p) <= levels:
-        return 0.0
-    groups = np.array_split(np.arange(len(p)), levels)
-    q = np.zeros_like(p)
-    for g in groups:  # spread each level's mass evenly over the bins that were populated
-        mass, used = p[g].sum(), p[g] > 0
-        if used.any():
-            q[g[used]] = mass / used.sum()
+    levels = min(levels, len(p))
+    starts = np.linspace(0, len(p), levels + 1).astype(np.int64)[:-1]  # each level's first bin
+    level = np.repeat(np.arange(levels), np.diff(np.append(starts, len(p))))
+    used = inside > 0
+    mass, n_used = np.add.reduceat(inside, starts), np.add.reduceat(used.astype(np.float64), starts)
+    q = np.where(used, mass[level] / np.maximum(n_used[level], 1), 0.0)  # level mass spread over populated bins
     mask = p > 0
-    ps, qs = p[mask] / p.sum(), q[mask] / q.sum()
+    ps, qs = p[mask] / p.sum(), q[mask] / max(q.sum(), 1e-12)
     return float(np.sum(ps * np.log(ps / np.maximum(qs, 1e-12))))
 
 
