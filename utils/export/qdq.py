@@ -10,6 +10,13 @@ convs) stays float. Layouts (which activation tensors get a Q/DQ pair):
   conv: inputs and outputs of Convs (QLinearConv, SiLU and the rest in float);
   silu: also Conv, Sigmoid and Mul outputs, so ONNX Runtime runs SiLU as QLinearSigmoid + QLinearMul;
   all:  every activation before the decode (Add, Concat, MaxPool and Resize outputs too).
+
+Defaults, measured (yolov5s 640 b1, 2 threads, engine only, vs FP32 on the same runtime; yolov5n coco128 mAP50-95):
+  layout "all": ORT 2.0x (silu 1.8x, conv 1.3x: ORT's float SiLU between QLinearConvs is what "conv" leaves slow);
+    OpenVINO runs every layout ~2x ("conv" a little faster and ~0.004 mAP better there).
+  quantize_head False: quantizing Detect's three output convs gained ORT ~2% speed but cost ~0.006 mAP50-95.
+  method "percentile" (99.99): 0.332-0.341 over three calibration sets vs FP32 0.349 (mse about the same,
+    minmax 0.333, entropy 0.330, 99.9/99.95 clip too much: 0.312/0.323).
 """
 from __future__ import annotations
 
@@ -28,7 +35,7 @@ OPSET = 13
 LAYOUTS = ("conv", "silu", "all")
 DEFAULT_LAYOUT = "all"
 DEFAULT_METHOD = "percentile"
-METHODS = ("minmax", "percentile", "entropy")
+METHODS = ("minmax", "percentile", "entropy", "mse")
 SCHEME = "qdq uint8 act / int8 per-channel weights"
 SILU_OPS = {"Conv", "Sigmoid", "Mul"}
 SAME_RANGE_OPS = {"MaxPool", "Resize"}  # output values are input values: share the input's params (ORT drops Q/DQ)
@@ -153,6 +160,20 @@ class _Histogram:
         e = self.edges()
         return max(float(e[best[0]]), self.lo), min(float(e[best[1]]), self.hi)
 
+    def mse(self, steps: int = 40) -> tuple[float, float]:
+        """Clip range with the least expected squared uint8 rounding + clipping error over the histogram."""
+        e = self.edges()
+        centers, w = (e[:-1] + e[1:]) / 2, self.counts.astype(np.float64)
+        frac = np.linspace(1.0 / steps, 1.0, steps)
+        lo = np.minimum(self.lo, 0.0) * frac[:, None, None]  # (lo steps, hi steps, bins) grids
+        hi = np.maximum(self.hi, 0.0) * frac[None, :, None]
+        scale = np.maximum(hi - lo, 1e-12) / 255.0
+        zp = np.clip(np.round(-lo / scale), 0, 255)
+        deq = (np.clip(np.round(centers / scale) + zp, 0, 255) - zp) * scale
+        err = ((deq - centers) ** 2 * w).sum(-1)
+        i, j = np.unravel_index(int(np.argmin(err)), err.shape)
+        return max(float(lo[i, 0, 0]), self.lo), min(float(hi[0, j, 0]), self.hi)
+
     def _centered(self, first: int, last: int, w: int) -> tuple[int, int]:
         zero = self.bins // 2
         lo_share = (zero - first) / max(last - first, 1)
@@ -189,7 +210,11 @@ def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 
 def calibrate_ranges(model: onnx.ModelProto, batches: Iterable[np.ndarray], method: str = DEFAULT_METHOD,
                      percentile: float = 99.99, num_threads: int | None = None) -> dict[str, tuple[float, float]]:
-    """Per-tensor (min, max) of every quantizable activation on real images; histograms keep memory bounded."""
+    """Per-tensor (min, max) of every quantizable activation on real images; histograms keep memory bounded.
+
+    minmax: seen range; percentile: both tails clipped at `percentile`; entropy: TensorRT-style KL clip;
+    mse: least expected squared error of the uint8 grid. The graph input always keeps its seen range.
+    """
     import onnxruntime as ort
 
     if method not in METHODS:
@@ -221,8 +246,10 @@ def calibrate_ranges(model: onnx.ModelProto, batches: Iterable[np.ndarray], meth
             ranges[n] = (h.lo, h.hi)
         elif method == "percentile":
             ranges[n] = h.percentile(percentile)
-        else:
+        elif method == "entropy":
             ranges[n] = h.entropy()
+        else:
+            ranges[n] = h.mse()
     return ranges
 
 
