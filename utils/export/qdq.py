@@ -2,7 +2,7 @@
 
 Why: SparseML's ConvInteger files only run fast on DeepSparse (ONNX Runtime and OpenVINO run them slower than FP32,
 OpenCV DNN cannot load them). QDQ is the portable form: ONNX Runtime fuses DQ->Conv->Q into QLinearConv (uint8
-activations on x86), OpenVINO turns it into INT8 kernels, DeepSparse and OpenCV DNN read it too.
+activations on x86), OpenVINO turns it into INT8 kernels, OpenCV DNN reads it too.
 
 Scheme: activations uint8 asymmetric per tensor, Conv weights int8 symmetric per output channel (axis 0), Conv bias
 int32 with scale input_scale * weight_scale and zero point 0, opset 13. Detect's decode (everything after its output
@@ -11,12 +11,18 @@ convs) stays float. Layouts (which activation tensors get a Q/DQ pair):
   silu: also Conv, Sigmoid and Mul outputs, so ONNX Runtime runs SiLU as QLinearSigmoid + QLinearMul;
   all:  every activation before the decode (Add, Concat, MaxPool and Resize outputs too).
 
-Defaults, measured (yolov5s 640 b1, 2 threads, engine only, vs FP32 on the same runtime; yolov5n coco128 mAP50-95):
-  layout "all": ORT 2.0x (silu 1.8x, conv 1.3x: ORT's float SiLU between QLinearConvs is what "conv" leaves slow);
-    OpenVINO runs every layout ~2x ("conv" a little faster and ~0.004 mAP better there).
-  quantize_head False: quantizing Detect's three output convs gained ORT ~2% speed but cost ~0.006 mAP50-95.
+Defaults, measured (yolov5s 640 b1, 2 threads, engine only, interleaved, ratio to FP32 on the same runtime;
+accuracy: yolov5n coco128 640 mAP50-95):
+  layout "all": ORT 1.62x on an idle machine (2.0x while the shared machine was busy); "silu" 1.47x, "conv" 0.95x
+    (ORT then runs float SiLU between Q/DQ pairs). ORT fuses 57 of 60 Convs into QLinearConv (60 with the head),
+    SiLU becomes QLinearSigmoid + QLinearMul, which still cost ~25% of INT8 time (float QuickGelu: ~11% of FP32).
+    OpenVINO runs every layout ~2.1x.
+  quantize_head False: quantizing Detect's three output convs gained ORT ~5% but cost ~0.006 mAP50-95.
   method "percentile" (99.99): 0.332-0.341 over three calibration sets vs FP32 0.349 (mse about the same,
     minmax 0.333, entropy 0.330, 99.9/99.95 clip too much: 0.312/0.323).
+DeepSparse 1.8 loads these files and agrees with ORT exactly, but compiles 0% of the graph (its log: "kernel is not
+constant", also with float weights + QuantizeLinear or per-tensor weights) and runs them on its bundled ONNX Runtime;
+for DeepSparse keep the ConvInteger export.
 """
 from __future__ import annotations
 
@@ -24,8 +30,8 @@ import datetime
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 import cv2
+import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
