@@ -327,7 +327,7 @@ def quantize_qdq(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]],
     """Opset-13 QDQ copy of an FP32 graph: calibrated uint8 activations, int8 per-channel Conv weights, int32 bias."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    if max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx")) < OPSET:
+    if _opset(model) < OPSET:
         raise ValueError(f"QDQ with per-channel weights needs opset >= {OPSET}; re-export with --opset {OPSET}")
     graph, prod = model.graph, _producers(model.graph)
     chosen = _chosen_tensors(model, layout, quantize_head)
@@ -378,6 +378,11 @@ def quantize_qdq(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]],
     return q
 
 
+def _opset(model: onnx.ModelProto) -> int:
+    """Default-domain opset the file declares (metadata must state what is really in the file)."""
+    return max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
+
+
 def _quantize_conv_params(new: onnx.NodeProto, node: onnx.NodeProto, inits: dict, b: _Builder, act: str,
                           drop: set[str]) -> list[onnx.NodeProto]:
     """int8 weight + int32 bias initializers behind DequantizeLinear nodes; rewires `new` to their outputs."""
@@ -421,7 +426,7 @@ def quantize_onnx_file(src: str | Path, dst: str | Path, batches: Iterable[np.nd
     meta = {p.key: p.value for p in model.metadata_props}
     meta.update({"precision": "int8", "quantization": SCHEME, "quantization_layout": layout,
                  "quantized_head": str(quantize_head), "calibration_method": method,
-                 "calibration_images": str(images), "opset": str(OPSET),
+                 "calibration_images": str(images), "opset": str(_opset(q)),
                  "quantized_from": Path(src).name,
                  "quantization_date": datetime.datetime.now().isoformat(timespec="seconds")})
     del q.metadata_props[:]
