@@ -4,6 +4,7 @@ Usage:
     python export.py --weights yolov5n.pt --include onnx                 # -> yolov5n.onnx
     python export.py --weights yolov5n.pt --include onnx openvino         # + yolov5n_openvino_model/
     python export.py --weights best.pt --imgsz 320 --batch-size 1 --dynamic --opset 13
+    python export.py --weights best.pt --int8 --data my.yaml      # + best_int8.onnx (QDQ, calibrated on 128 images)
 
 One-shot pruning is prune.py's job (export its .pt); export.py's old --sparsity/--channel-prune flags still work for
 now and print the prune.py command to use instead.
@@ -27,7 +28,11 @@ if str(ROOT) not in sys.path:
 import utils  # noqa: E402,F401  (sets NM_DISABLE_ANALYTICS before any Neural Magic import)
 import utils.sparsity.rebuild  # noqa: E402,F401  (registers sparse/QAT/channel checkpoint rebuilds)
 from utils.sparsity.zoo import weights_path  # noqa: E402
+from utils.data_config import check_dataset  # noqa: E402
 from utils.export import DEFAULT_OPSET, export_weights  # noqa: E402
+from utils.export.int8 import INT8_FORMATS  # noqa: E402
+from utils.export.pipeline import check_int8_options  # noqa: E402
+from utils.export.qdq import DEFAULT_METHOD, METHODS as QDQ_METHODS  # noqa: E402
 from utils.sparsity import deprecated  # noqa: E402
 
 FORMATS = ("onnx", "openvino")
@@ -43,6 +48,18 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dynamic", action="store_true", help="dynamic batch/height/width axes")
     parser.add_argument("--simplify", action="store_true", help="run onnx-simplifier (only if onnxsim is installed)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
+    parser.add_argument("--int8", action="store_true",
+                        help="also write <stem>_int8.onnx: post-training INT8 calibrated on --data images (QDQ: ONNX "
+                        "Runtime, OpenVINO, OpenCV; a QAT checkpoint exports as INT8 already)")
+    parser.add_argument("--data", type=str, default=None,
+                        help="dataset yaml: --int8 calibration images, and the images export checks the file on")
+    parser.add_argument("--calib-images", type=int, default=128, help="--int8 calibration images (train split)")
+    parser.add_argument("--int8-format", choices=INT8_FORMATS, default="qdq",
+                        help="qdq (every engine) or convinteger (SparseML's form, fastest on DeepSparse)")
+    parser.add_argument("--calib-method", choices=QDQ_METHODS, default=DEFAULT_METHOD,
+                        help="how QDQ activation ranges are set from the calibration images")
+    parser.add_argument("--allow-download-code", action="store_true",
+                        help="let a dataset yaml's Python 'download:' snippet run when its images are missing")
     parser.add_argument("--verify-strict", action="store_true",
                         help="exit non-zero when the exported file disagrees with PyTorch on the check image")
     deprecated.add_export_args(parser)  # old one-shot flags: aliases of prune.py
@@ -51,8 +68,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(weights: str = "yolov5n.pt", imgsz: list[int] | int = (640,), batch_size: int = 1, device: str = "cpu",
         include: list[str] | tuple[str, ...] = ("onnx",), dynamic: bool = False, simplify: bool = False,
-        opset: int = DEFAULT_OPSET, verify_strict: bool = False,
-        prune: Callable[[nn.Module], str] | None = None) -> list[Path]:
+        opset: int = DEFAULT_OPSET, verify_strict: bool = False, int8: bool = False, data: str | None = None,
+        calib_images: int = 128, int8_format: str = "qdq", calib_method: str = DEFAULT_METHOD,
+        allow_download_code: bool = False, prune: Callable[[nn.Module], str] | None = None) -> list[Path]:
     """Export and return the written paths (ONNX file first); `prune` edits the loaded model first (old flags)."""
     include = tuple(f.lower() for f in include)
     unknown = [f for f in include if f not in FORMATS]
@@ -63,15 +81,19 @@ def run(weights: str = "yolov5n.pt", imgsz: list[int] | int = (640,), batch_size
         raise SystemExit(f"export: weights file {weights} not found; pass --weights path/to/model.pt")
     sizes = [imgsz] if isinstance(imgsz, int) else list(imgsz)
     hw = (sizes[0], sizes[-1])
+    check_int8_options(int8, data, int8_format, dynamic)
+    data_dict = check_dataset(data, allow_code=allow_download_code) if data else None
     return export_weights(weights, include, hw, batch_size, dynamic, opset, simplify, device, prune=prune,
-                          verify_strict=verify_strict)["files"]
+                          verify_strict=verify_strict, int8=int8, data=data_dict, calib_images=calib_images,
+                          int8_format=int8_format, calib_method=calib_method)["files"]
 
 
 def main(opt: argparse.Namespace) -> list[Path]:
     kw = vars(opt).copy()
     old = {k: kw.pop(k) for k in deprecated.EXPORT_FLAGS}
     sizes = kw["imgsz"] if isinstance(kw["imgsz"], list) else [kw["imgsz"]]
-    return run(**kw, prune=deprecated.export_alias(old, weights_path(kw["weights"]), max(sizes)))
+    prune = deprecated.export_alias(old, weights_path(kw["weights"]), max(sizes), kw["data"], kw["calib_images"])
+    return run(**kw, prune=prune)
 
 
 if __name__ == "__main__":

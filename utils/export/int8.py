@@ -1,25 +1,51 @@
-"""INT8 ONNX writers: SparseML's ConvInteger conversion of QAT models."""
+"""INT8 ONNX writers: QDQ (post-training, from the FP32 file; every engine) and SparseML's ConvInteger (QAT models,
+and post-training for DeepSparse, which runs that form fastest).
+"""
 from __future__ import annotations
 
-import os
+import random
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
-import torch
+import numpy as np
 from torch import nn
 
-from utils.compat import import_sparseml, onnx_export_kwargs
+from utils.atomic import atomic_path
+from utils.sparsity.calibration import calibration_files
+from utils.sparsity.ptq import calibration_batches, quantize_ptq
 
-from .prepare import INPUT_NAME, OUTPUT_NAME
+from .prepare import prepare_model
+from .qdq import DEFAULT_METHOD, image_batches, quantize_onnx_file
+from .trace import export_onnx
+
+INT8_FORMATS = ("qdq", "convinteger")  # qdq: ONNX Runtime, OpenVINO, OpenCV; convinteger: DeepSparse's fastest
 
 
-def export_qat_int8(model: nn.Module, file: Path, x: torch.Tensor, dynamic_axes: dict | None) -> None:
-    """QAT -> INT8 ONNX (ConvInteger), SparseML's converter: the form DeepSparse and ONNX Runtime both run as INT8."""
-    import_sparseml()  # applies the torch 2.13 QConfig shim first
-    from sparseml.pytorch.utils import ModuleExporter  # heavy optional dependency, after the shim above
+def int8_format_for(engine: str) -> str:
+    """The INT8 form each engine runs fastest: DeepSparse compiles ConvInteger, but none of a QDQ graph."""
+    return "convinteger" if engine == "deepsparse" else "qdq"
 
-    name = file.name if file.suffix == ".onnx" else file.name + ".onnx"  # SparseML appends .onnx to other names
-    ModuleExporter(model, output_dir=str(file.parent)).export_onnx(
-        x, name=name, convert_qat=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-        dynamic_axes=dynamic_axes, **onnx_export_kwargs(for_sparseml=True))
-    if name != file.name:
-        os.replace(file.parent / name, file)
+
+def calibration_images(data: dict | str, n: int, seed: int = 0) -> list[str]:
+    """A fixed random sample of n train images (val when there is no train split): what --int8 calibrates on."""
+    files = calibration_files(data)
+    if not files:
+        raise ValueError(f"{data}: no images found to calibrate --int8 on; point the yaml's train/val at images")
+    return sorted(random.Random(seed).sample(files, min(n, len(files))))
+
+
+def export_qdq(fp32_file: Path, out: Path, images: list[str], imgsz: int, batch_size: int = 1,
+               method: str = DEFAULT_METHOD) -> Path:
+    """Post-training QDQ INT8 beside the FP32 file, calibrated on `images`; appears only when complete."""
+    usable = images[: len(images) - len(images) % batch_size] or images  # a static batch needs full batches
+    with atomic_path(out, what="INT8 export") as tmp:
+        quantize_onnx_file(fp32_file, tmp, image_batches(usable, imgsz, batch_size), method=method)
+    return out
+
+
+def export_convinteger(model: nn.Module, out: Path, imgsz: tuple[int, int], batch_size: int, meta: dict[str, Any],
+                       images: Iterable[np.ndarray] | None = None) -> Path:
+    """Post-training ConvInteger INT8 (SparseML observers calibrated on `images`), DeepSparse's fastest form."""
+    q = quantize_ptq(model, calibration_batches(tuple(imgsz), images))
+    return export_onnx(prepare_model(q), out, imgsz, batch_size, dynamic=False, metadata=meta)

@@ -4,21 +4,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
+import cv2
+import onnx
 from torch import nn
 
 from utils.augmentations import check_img_size
 from utils.checkpoint import load_model
 from utils.engines.base import as_hw
+from utils.engines.metadata import read_onnx_metadata
 from utils.files import increment_path
 from utils.labels import is_writable_dir
 
+from .int8 import INT8_FORMATS, calibration_images, export_convinteger, export_qdq
 from .metadata import checkpoint_recipe, export_metadata, model_sparsity
 from .openvino import export_openvino
-from .prepare import prepare_model
-from .report import format_sizes, onnx_conv_sparsity, size_table
+from .prepare import is_qat, prepare_model
+from .qdq import DEFAULT_METHOD
+from .report import format_sizes, onnx_conv_sparsity, onnx_precision, size_table
 from .trace import DEFAULT_OPSET, export_onnx
-from .verify import verification_image, verify_line, verify_onnx
+from .verify import verification_batches, verify_line, verify_many
 
 
 def output_path(weights: Path, suffix: str = ".onnx", log=print) -> Path:
@@ -33,39 +37,82 @@ def output_path(weights: Path, suffix: str = ".onnx", log=print) -> Path:
 def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), imgsz: int | tuple[int, int] = 640,
                    batch_size: int = 1, dynamic: bool = False, opset: int = DEFAULT_OPSET, simplify: bool = False,
                    device: str = "cpu", verify: bool = True, log=print, verify_strict: bool = False,
-                   prune: Callable[[nn.Module], str] | None = None) -> dict[str, Any]:
-    """Checkpoint -> ONNX (+ OpenVINO) next to it, with metadata, a sparsity check, a numeric check and sizes.
+                   prune: Callable[[nn.Module], str] | None = None, int8: bool = False, data: str | dict | None = None,
+                   calib_images: int = 128, int8_format: str = "qdq", calib_method: str = DEFAULT_METHOD,
+                   verify_images: int = 8) -> dict[str, Any]:
+    """Checkpoint -> ONNX (+ INT8, + OpenVINO) next to it, with metadata, a sparsity check, a numeric check, sizes.
 
-    prune: optional one-shot step on the loaded model (export.py --sparsity); it returns a tag for the file name
+    prune: optional one-shot step on the loaded model (export.py's old --sparsity); it returns a tag for the file name
     (yolov5n_obc50.onnx) so a pruned export never overwrites the dense one.
+    int8: also write <stem>_int8.onnx, post-training from `calib_images` images of `data` (QDQ by default; a QAT
+    checkpoint is INT8 already: its file is the INT8 one). With `data`, verification uses the dataset's images.
     """
+    check_int8_options(int8, data, int8_format, dynamic)
+    images = calibration_images(data, max(calib_images, verify_images)) if data else []  # before writing anything
     weights = Path(weights)
     model = load_model(str(weights), device=device, fuse=False)
     hw = tuple(check_img_size(list(as_hw(imgsz)), s=int(model.stride.max())))  # round up and warn
     tag = prune(model) if prune is not None else ""
     sparsity = model_sparsity(model)
     meta = export_metadata(model, hw, batch_size, dynamic, sparsity, checkpoint_recipe(model))
-    prepared = prepare_model(model)
     target = weights.with_name(f"{weights.stem}{tag}{weights.suffix}")
-    onnx_file = export_onnx(prepared, output_path(target, log=log), hw, batch_size, dynamic, opset, meta, simplify)
+    onnx_file = export_onnx(prepare_model(model), output_path(target, log=log), hw, batch_size, dynamic, opset, meta,
+                            simplify)
     result: dict[str, Any] = {"files": [onnx_file], "sparsity": sparsity, "metadata": meta}
-    shape = "dynamic" if dynamic else f"static {batch_size}x3x{hw[0]}x{hw[1]}"
-    log(f"export: wrote {onnx_file} (opset {opset}, {shape})")
+    log(f"export: wrote {onnx_file} ({describe(onnx_file)})")
     result["onnx_sparsity"] = onnx_conv_sparsity(onnx_file)["sparsity"]
     log(f"export: conv weight sparsity {sparsity:.4f} in PyTorch (global, prunable weights), "
         f"{result['onnx_sparsity']:.4f} measured in the ONNX initializers")
+    if int8 and not is_qat(model):
+        int8_file = onnx_file.with_name(f"{onnx_file.stem}_int8.onnx")
+        if int8_format == "qdq":
+            export_qdq(onnx_file, int8_file, images[:calib_images], hw[0], batch_size, calib_method)
+        else:
+            export_convinteger(model, int8_file, hw, batch_size, meta, [cv2.imread(f) for f in images[:calib_images]])
+        result["files"].append(int8_file)
+        how = f"{int8_format}, {calib_method if int8_format == 'qdq' else 'SparseML observers'}"
+        log(f"export: wrote {int8_file} ({describe(int8_file)}; {how}, calibrated on "
+            f"{min(calib_images, len(images))} images of {dataset_name(data)})")
     if verify:
-        batch, source = verification_image(hw)
-        # against the unfused model, so BN folding is checked too
-        result["verify"] = verify_onnx(model, onnx_file, np.repeat(batch, batch_size, 0))
-        log(verify_line(result["verify"], source))
-        if verify_strict and not result["verify"]["agrees"]:
-            raise ValueError(f"export: --verify-strict: {onnx_file} disagrees with PyTorch on {source} (written, "
-                             f"but do not deploy it); see the line above")
+        stacked, source = verification_batches(hw, images[-verify_images:] if images else None, batch_size)
+        for f in [f for f in result["files"] if f.suffix == ".onnx"]:  # against the unfused model: BN folding too
+            v = result.setdefault("verify_all", {})[f.name] = verify_many(model, f, stacked, batch_size)
+            log(verify_line(v, source, f.name))
+            if verify_strict and not v["agrees"]:
+                raise ValueError(f"export: --verify-strict: {f} disagrees with PyTorch on {source} (written, "
+                                 f"but do not deploy it); see the line above")
+        result["verify"] = result["verify_all"][onnx_file.name]
     if "openvino" in include:
-        ov_dir = export_openvino(onnx_file, meta)
-        result["files"].append(ov_dir)
-        log(f"export: wrote {ov_dir}/ (OpenVINO IR, f32 weights)")
+        for f in [f for f in result["files"] if f.suffix == ".onnx"]:
+            extra = {k: v for k, v in read_onnx_metadata(f).items() if k not in meta}  # e.g. the INT8 scheme
+            ov_dir = export_openvino(f, {**meta, **extra})
+            result["files"].append(ov_dir)
+            log(f"export: wrote {ov_dir}/ (OpenVINO IR, {'INT8 (QDQ)' if '_int8' in f.stem else 'f32'} weights)")
     result["sizes"] = size_table([weights, *result["files"]])
     log(format_sizes(result["sizes"]))
     return result
+
+
+def dataset_name(data: str | dict | None) -> str:
+    """The yaml a dataset dict came from (check_dataset records it), for log lines."""
+    return str(data.get("yaml_file", "the dataset")) if isinstance(data, dict) else str(data)
+
+
+def check_int8_options(int8: bool, data: str | dict | None, int8_format: str, dynamic: bool) -> None:
+    """One line for an --int8 request that cannot work, before anything is loaded or written."""
+    if int8_format not in INT8_FORMATS:
+        raise ValueError(f"--int8-format {int8_format!r}: choose one of {', '.join(INT8_FORMATS)}")
+    if int8 and not data:
+        raise ValueError("--int8 calibrates on your images: pass --data your_dataset.yaml (its train images are used)")
+    if int8 and dynamic:
+        raise ValueError("--int8 writes a static-shape file (calibrated per shape): drop --dynamic")
+
+
+def describe(file: Path) -> str:
+    """What the file is, read back from the file itself: opset, precision, static or dynamic input."""
+    proto = onnx.load(str(file), load_external_data=False)
+    opset = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    shape = "dynamic " + "x".join(map(str, dims)) if any(isinstance(d, str) for d in dims) else \
+        "static " + "x".join(map(str, dims))
+    return f"opset {opset}, {onnx_precision(file)}, {shape}"

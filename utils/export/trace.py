@@ -1,6 +1,7 @@
 """Trace a prepared model to ONNX, write its metadata, and only then put the file in place (atomic)."""
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,10 @@ import torch
 from torch import nn
 
 from utils.atomic import atomic_path
+from utils.compat import import_sparseml, onnx_export_kwargs
 from utils.engines.base import as_hw
 from utils.engines.metadata import onnx_metadata_props
 
-from .int8 import export_qat_int8
 from .prepare import INPUT_NAME, OUTPUT_NAME, FirstOutput, is_qat, reset_grids
 
 DEFAULT_OPSET = 13
@@ -54,6 +55,19 @@ def _trace(model: nn.Module, file: Path, imgsz: int | tuple[int, int], batch_siz
             torch.onnx.export(FirstOutput(model), x, str(file), opset_version=opset, do_constant_folding=True,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_axes=axes if dynamic else None, dynamo=False)
+
+
+def export_qat_int8(model: nn.Module, file: Path, x: torch.Tensor, dynamic_axes: dict | None) -> None:
+    """QAT -> INT8 ONNX (ConvInteger), SparseML's converter: the form DeepSparse and ONNX Runtime both run as INT8."""
+    import_sparseml()  # applies the torch 2.13 QConfig shim first
+    from sparseml.pytorch.utils import ModuleExporter  # heavy optional dependency, after the shim above
+
+    name = file.name if file.suffix == ".onnx" else file.name + ".onnx"  # SparseML appends .onnx to other names
+    ModuleExporter(model, output_dir=str(file.parent)).export_onnx(
+        x, name=name, convert_qat=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        dynamic_axes=dynamic_axes, **onnx_export_kwargs(for_sparseml=True))
+    if name != file.name:
+        os.replace(file.parent / name, file)
 
 
 def write_metadata(proto: onnx.ModelProto, metadata: dict[str, Any]) -> None:

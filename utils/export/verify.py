@@ -60,11 +60,11 @@ def match_detections(a: np.ndarray, b: np.ndarray, conf: float = 0.25, iou: floa
     return {"dets_torch": n_a, "dets_onnx": n_b, "dets_matched": matched, "max_box_px": px}
 
 
-def verify_line(v: dict[str, float], source: str) -> str:
+def verify_line(v: dict[str, float], source: str, name: str = "ONNX") -> str:
     """One line a user can judge: relative error for float files, matching detections for every file."""
     verdict = "" if v.get("agrees", True) else (
         "WARNING ⚠️ the exported file DISAGREES with PyTorch (see the numbers); do not deploy it. ")
-    return verdict + (f"export: ONNX Runtime vs PyTorch on {source}: max abs diff {v['max_abs']:.3g} "
+    return verdict + (f"export: {name} in ONNX Runtime vs PyTorch on {source}: max abs diff {v['max_abs']:.3g} "
             f"({v['max_rel']:.2e} relative; boxes {v['max_abs_xywh']:.3g} px, scores {v['max_abs_scores']:.3g}); "
             f"detections at conf 0.25: {v['dets_matched']}/{v['dets_torch']} matched by ONNX "
             f"({v['dets_onnx']} found; same class, IoU >= 0.5, max box diff {v['max_box_px']:.2g} px)")
@@ -86,3 +86,25 @@ def verification_image(imgsz: tuple[int, int]) -> tuple[np.ndarray, str]:
         rng = np.random.default_rng(0)
         return rng.random((1, 3, *imgsz), dtype=np.float32), "random image (bus.jpg asset not found)"
     return load_image_batch(path, imgsz), str(path)
+
+
+def verification_batches(imgsz: tuple[int, int], images: list[str] | None = None,
+                         batch_size: int = 1) -> tuple[np.ndarray, str]:
+    """The dataset's own images when given (bus.jpg says nothing about a custom model), else bus.jpg; one batch per
+    image, stacked, so verify_onnx compares every detection on every picture."""
+    if not images:
+        batch, source = verification_image(imgsz)
+        return np.repeat(batch, batch_size, 0), source
+    batches = [np.repeat(load_image_batch(Path(f), imgsz), batch_size, 0) for f in images]
+    return np.concatenate(batches), f"{len(images)} dataset images ({Path(images[0]).parent})"
+
+
+def verify_many(model: nn.Module, onnx_file: Path, stacked: np.ndarray, batch_size: int) -> dict:
+    """verify_onnx over a stack of batches (a static file takes one batch at a time); counts add up, maxima max."""
+    parts = [verify_onnx(model, onnx_file, stacked[i:i + batch_size]) for i in range(0, len(stacked), batch_size)]
+    out = {k: max(p[k] for p in parts) for k in ("max_abs", "max_abs_xywh", "max_abs_scores", "max_pred", "max_rel",
+                                                 "max_box_px")}
+    out.update({k: sum(p[k] for p in parts) for k in ("dets_torch", "dets_onnx", "dets_matched")})
+    out["precision"] = parts[0]["precision"]
+    out["agrees"] = agrees(out)
+    return out

@@ -23,8 +23,7 @@ from .tasks import ShotSpec, prune_checkpoint, prune_in_place, run_sensitivity, 
 VAL_FLAGS = ("sparsity", "prune_method", "calib_batches", "calib_images", "mask_type", "sensitivity",
              "sensitivity_levels", "sensitivity_images", "sensitivity_table", "recipe_sparsity", "channel_prune",
              "channel_importance", "channel_allocation")
-EXPORT_FLAGS = ("sparsity", "prune_method", "data", "calib_images", "mask_type", "channel_prune",
-                "channel_importance", "channel_allocation")
+EXPORT_FLAGS = ("sparsity", "prune_method", "mask_type", "channel_prune", "channel_importance", "channel_allocation")
 _HIDE = "deprecated: see prune.py"
 
 
@@ -58,9 +57,6 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
     """export.py's old one-shot flags."""
     p.add_argument("--sparsity", type=float, default=0.0, help=f"{_HIDE} --sparsity (then export the new .pt)")
     p.add_argument("--prune-method", choices=METHOD_CHOICES, default="obc", help=f"{_HIDE} --method")
-    p.add_argument("--data", type=str, default=None, help="dataset yaml: calibration images for the deprecated "
-                   "one-shot flags")
-    p.add_argument("--calib-images", type=int, default=128, help=_HIDE)
     p.add_argument("--mask-type", choices=["unstructured", "block4"], default="unstructured", help=_HIDE)
     add_channel_args(p)
 
@@ -96,13 +92,13 @@ def val_alias(kw: dict[str, Any], old: dict[str, Any]) -> tuple[bool, Any]:
     return False, None
 
 
-def export_alias(old: dict[str, Any], weights: str, imgsz: int) -> Callable[[nn.Module], str] | None:
+def export_alias(old: dict[str, Any], weights: str, imgsz: int, data: str | None = None,
+                 calib_images: int = 128) -> Callable[[nn.Module], str] | None:
     """export.py --sparsity/--channel-prune: a step that prunes the loaded model (channel first) and names the file;
     a channel-pruned model is also saved as <stem>_cpNN.pt beside the export."""
     if not (old["sparsity"] or old["channel_prune"]):
         return None
-    d = old["data"]
-    spec = dict(data=check_dataset(d) if d else None, imgsz=imgsz, calib_images=old["calib_images"],
+    spec = dict(data=check_dataset(data) if data else None, imgsz=imgsz, calib_images=calib_images,
                 mask_type=old["mask_type"], importance=old["channel_importance"],
                 allocation=old["channel_allocation"])
     if old["sparsity"] and not 0.0 < old["sparsity"] < 1.0:

@@ -1,7 +1,6 @@
-"""Post-training INT8: SparseML's QAT structure + observer calibration, exported as INT8 ConvInteger ONNX.
-
-Why: benchmark.py --quantize needs INT8 twins of one-shot variants without a QAT run, and export.py --int8 gives
-users a quick INT8 file to try. Quantization-aware training (a recipe's QuantizationModifier) recovers more accuracy.
+"""Post-training INT8 in SparseML's form: QAT structure + observer calibration (utils/export/int8.py writes it as
+ConvInteger ONNX, the form DeepSparse runs fastest; every other engine gets utils/export/qdq.py's QDQ file).
+Quantization-aware training (a recipe's QuantizationModifier) recovers more accuracy.
 """
 from __future__ import annotations
 
@@ -16,7 +15,6 @@ from torch import nn
 
 from utils.assets import assets_dir
 from utils.augmentations import letterbox
-from utils.export import export_metadata, export_onnx, model_sparsity, prepare_model
 
 from .manager import apply_recipe_structure
 
@@ -62,11 +60,3 @@ def quantize_ptq(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module
         if hasattr(m, "disable_observer"):
             m.disable_observer()
     return q
-
-
-def export_int8_onnx(model: nn.Module, file: Path, imgsz: tuple[int, int], batch_size: int,
-                     images: Iterable[np.ndarray] | None = None) -> Path:
-    """benchmark.py's INT8 exporter: PTQ-calibrate a copy of `model` and write its INT8 ONNX to `file`."""
-    q = quantize_ptq(model, calibration_batches(tuple(imgsz), images))
-    meta = export_metadata(q, tuple(imgsz), batch_size, False, model_sparsity(model))
-    return export_onnx(prepare_model(q), file, imgsz, batch_size, dynamic=False, metadata=meta)
