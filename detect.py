@@ -4,6 +4,8 @@ Usage:
     python detect.py --weights yolov5n.pt --source data/images/bus.jpg
     python detect.py --weights yolov5n.onnx --engine deepsparse --source path/to/folder --save-txt
     python detect.py --weights yolov5n.onnx --engine openvino --source video.mp4
+    python detect.py --weights yolov5n.onnx --source 0                          # webcam
+    python detect.py --weights yolov5n.onnx --source rtsp://user:pass@camera/stream --vid-stride 2
 """
 from __future__ import annotations
 
@@ -20,12 +22,12 @@ from utils.augmentations import check_img_size  # noqa: E402
 import utils.sparsity.rebuild  # noqa: E402,F401  (registers sparse/QAT/channel checkpoint rebuilds)
 from utils.sparsity.zoo import weights_path  # noqa: E402
 from utils.cli import check_options, exit_on_user_error, warn_unknown_classes  # noqa: E402
-from utils.dataloaders import LoadImages  # noqa: E402
 from utils.detect_output import DetectionWriter, summary  # noqa: E402
 from utils.engines import ENGINES, load_engine  # noqa: E402
 from utils.files import increment_path  # noqa: E402
 from utils.logger import LOGGER, setup_logging  # noqa: E402
 from utils.predict import Predictor  # noqa: E402
+from utils.streams import load_source  # noqa: E402
 
 
 def run(weights: str = "yolov5n.pt", source: str | None = None, imgsz: int | list[int] = 640, conf_thres: float = 0.25,
@@ -44,10 +46,11 @@ def run(weights: str = "yolov5n.pt", source: str | None = None, imgsz: int | lis
     predictor = Predictor(eng, tuple(imgsz), conf_thres, iou_thres, classes, agnostic_nms, max_det)
     eng.warmup()  # first call pays for allocation; keep it out of the reported times
     warn_unknown_classes(classes, eng.names)
+    dataset = load_source(source, imgsz, eng.stride, vid_stride)  # a bad file or unreachable stream: no run folder
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
     writer = DetectionWriter(save_dir, eng.names, not nosave, save_txt, save_conf, save_crop, line_thickness,
                              hide_labels, hide_conf)
-    for path, _, im0, cap, s in LoadImages(source, img_size=imgsz, stride=eng.stride, vid_stride=vid_stride):
+    for path, _, im0, cap, s in dataset:
         before = predictor.timings.infer
         det = predictor([im0])[0]
         writer.write(path, im0, det, cap, getattr(predictor.timings, "images", 0))
@@ -65,7 +68,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", type=str, default=str(assets_dir() / "weights" / "yolov5n.pt"),
                    help=".pt, .onnx or OpenVINO model")
-    p.add_argument("--source", type=str, default=None, help="file/dir/glob/.txt list/video (default: shared demo images)")
+    p.add_argument("--source", type=str, default=None, help="file/dir/glob/.txt list/video, webcam index 0, rtsp/rtmp/http(s) stream URL "
+                        "(default: shared demo images)")
     p.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640], help="inference size h,w")
     p.add_argument("--conf-thres", type=float, default=0.25, help="confidence threshold")
     p.add_argument("--iou-thres", type=float, default=0.45, help="NMS IoU threshold")

@@ -4,10 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
-from utils.boxes import xyxy2xywh
 from utils.coco_eval import coco_map, ground_truth_json, predictions_json
+from utils.detect_output import write_labels
 from utils.logger import LOGGER
 from utils.sparsity.measure import all_param_sparsity, global_sparsity
 from utils.sparsity.sweep import sparsity_header
@@ -29,11 +27,8 @@ def save_predictions(predictions: list, dataset, save_dir: Path, save_txt: bool,
     out: dict = {}
     if save_txt:
         (save_dir / "labels").mkdir(exist_ok=True)
-        for path, (h, w), predn in predictions:
-            gn = np.array([w, h, w, h])
-            rows = [(int(c), *(xyxy2xywh(np.array([b]))[0] / gn), cf) for *b, cf, c in predn.tolist()]
-            fmt = (lambda r: ("%g " * 6).rstrip() % r) if save_conf else (lambda r: ("%g " * 5).rstrip() % r[:5])
-            (save_dir / "labels" / f"{Path(path).stem}.txt").write_text("".join(fmt(r) + "\n" for r in rows))
+        for path, shape, predn in predictions:
+            write_labels(save_dir / "labels" / f"{Path(path).stem}.txt", predn.cpu().numpy(), shape, save_conf)
     if save_json:
         dataset.names = getattr(dataset, "names", None)
         pred_file = predictions_json(predictions, dataset, save_dir / f"{Path(weights).stem}_predictions.json")
