@@ -21,6 +21,7 @@ from utils.assets import assets_dir  # noqa: E402
 from utils.augmentations import check_img_size  # noqa: E402
 import utils.sparsity.rebuild  # noqa: E402,F401  (registers sparse/QAT/channel checkpoint rebuilds)
 from utils.sparsity.zoo import weights_path  # noqa: E402
+from utils.data_config import names_for_model  # noqa: E402
 from utils.cli import check_options, exit_on_user_error, warn_unknown_classes  # noqa: E402
 from utils.detect_output import DetectionWriter, summary  # noqa: E402
 from utils.engines import ENGINES, load_engine  # noqa: E402
@@ -35,13 +36,16 @@ def run(weights: str = "yolov5n.pt", source: str | None = None, imgsz: int | lis
         classes: list[int] | None = None, agnostic_nms: bool = False, save_txt: bool = False, save_conf: bool = False,
         save_crop: bool = False, nosave: bool = False, project: str = "runs/detect", name: str = "exp",
         exist_ok: bool = False, line_thickness: int = 3, hide_labels: bool = False, hide_conf: bool = False,
-        vid_stride: int = 1) -> Path:
+        vid_stride: int = 1, data: str | None = None, threads: int | None = None) -> Path:
     """Detect objects in every image/frame of source; returns the run folder."""
-    check_options(imgsz=imgsz, device=device)
+    check_options(imgsz=imgsz, device=device, threads=threads)
     source = source or str(assets_dir() / "images")
     imgsz = [imgsz, imgsz] if isinstance(imgsz, int) else (imgsz * 2 if len(imgsz) == 1 else imgsz)
     imgsz = check_img_size(list(imgsz), s=32)  # YOLOv5 P5 models; re-checked against the engine's own stride below
-    eng = load_engine(weights_path(weights, engine), engine, batch_size=1, imgsz=tuple(imgsz), device=device)
+    eng = load_engine(weights_path(weights, engine), engine, batch_size=1, imgsz=tuple(imgsz), device=device,
+                      num_threads=threads)
+    if data:  # a file without class names (e.g. a third-party ONNX) shows class0..; the data yaml has the real ones
+        eng.names = names_for_model(data, eng.names)
     imgsz = check_img_size(list(eng.imgsz or imgsz), s=eng.stride)
     predictor = Predictor(eng, tuple(imgsz), conf_thres, iou_thres, classes, agnostic_nms, max_det)
     eng.warmup()  # first call pays for allocation; keep it out of the reported times
@@ -90,6 +94,10 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hide-labels", action="store_true", help="hide labels")
     p.add_argument("--hide-conf", action="store_true", help="hide confidences")
     p.add_argument("--vid-stride", type=int, default=1, help="video frame-rate stride")
+    p.add_argument("--data", type=str, default=None,
+                   help="dataset.yaml whose class names label the boxes (for models whose file carries none)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for the engine (torch, ONNX Runtime intra-op, OpenVINO, DeepSparse cores)")
     opt = p.parse_args(argv)
     opt.imgsz = opt.imgsz * 2 if len(opt.imgsz) == 1 else opt.imgsz
     return opt
