@@ -54,7 +54,8 @@ def run(data: str = "data/coco128.yaml", weights: str = "yolov5n.pt", batch_size
     LOGGER.info(f"Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image at shape "
                 f"({batch_size}, 3, {imgsz}, {imgsz}) with {eng.name} {eng.version()}")
     if keep:
-        res.update(save_predictions(res["predictions"], dataset, save_dir, save_txt, save_conf, save_json, weights))
+        res.update(save_predictions(res["predictions"], dataset, save_dir, save_txt, save_conf, save_json, weights,
+                                    data_dict))
     metrics = save_metrics(res, eng, save_dir, {"data": str(data), "weights": str(weights), "imgsz": imgsz})
     LOGGER.info(f"Results saved to {save_dir}")
     return metrics
