@@ -60,8 +60,9 @@ def _closed_port() -> int:
 
 
 def test_is_stream() -> None:
-    assert all(is_stream(s) for s in ("0", "rtsp://cam/live", "RTMP://x", "http://h/a.mjpg", "https://h/v", "screen"))
-    assert not any(is_stream(s) for s in ("bus.jpg", "data/images", "./0.jpg", None))
+    assert all(is_stream(s) for s in ("0", "rtsp://cam/live", "RTMP://x", "http://h/a.mjpg", "https://h/v", "screen",
+                                        "screen 0 100 100 512 256"))
+    assert not any(is_stream(s) for s in ("bus.jpg", "data/images", "./0.jpg", "screenshot.png", None))
 
 
 def test_stream_frames_and_vid_stride(mjpeg_url: str) -> None:

@@ -26,7 +26,12 @@ READ_TIMEOUT_S = 10.0  # no new frame for this long counts as a dropped stream
 def is_stream(source: str | Path | None) -> bool:
     """A webcam index ('0'), a stream URL, or 'screen': sources that are not files, so never resolved as paths."""
     s = str(source or "")
-    return s.isnumeric() or s.lower().startswith(STREAM_SCHEMES) or s.lower().startswith("screen")
+    return s.isnumeric() or s.lower().startswith(STREAM_SCHEMES) or is_screen(s)
+
+
+def is_screen(source: str) -> bool:
+    """Ultralytics' 'screen [n left top width height]' source; screenshot.png stays a file."""
+    return source.lower() == "screen" or source.lower().startswith("screen ")
 
 
 def load_source(source: str, img_size: int | tuple, stride: int, vid_stride: int = 1) -> LoadImages | LoadStreams:
@@ -44,7 +49,7 @@ def capture_fps(cap: cv2.VideoCapture, default: float = 30.0) -> float:
 
 def open_capture(source: str) -> cv2.VideoCapture:
     """VideoCapture for a webcam index or URL; one line naming it when it cannot be opened."""
-    if source.lower().startswith("screen"):
+    if is_screen(source):
         raise DatasetError(f"--source {source}: screen capture is not supported here; record the screen to a video "
                            "file or stream and pass that")
     if source.isnumeric():
