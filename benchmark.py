@@ -32,7 +32,7 @@ from utils.benchmark.machine import format_machine, machine_report  # noqa: E402
 from utils.benchmark.pipeline import load_images, random_images  # noqa: E402
 from utils.benchmark.report import add_ratios, collect_warnings, write_outputs  # noqa: E402
 from utils.benchmark.suite import Settings, run_grid  # noqa: E402
-from utils.cli import exit_on_user_error  # noqa: E402
+from utils.cli import check_options, exit_on_user_error  # noqa: E402
 from utils.export import DEFAULT_OPSET  # noqa: E402
 from utils.files import increment_path  # noqa: E402
 from utils.logger import LOGGER, setup_logging  # noqa: E402
@@ -48,6 +48,7 @@ def run(weights: list[str] | None = None, cfg: str | None = None, engines: list[
         project: str = "runs/benchmark", name: str = "exp", exist_ok: bool = False,
         channel_prune: list[float] | None = None, channel_allocation: str = "uniform") -> dict[str, Any]:
     """Time every (batch size, variant, engine, scenario); returns the report dict (also saved as results.json)."""
+    check_options(threads=num_cores)
     engines, scenario = validate(engines or list(ENGINES), batch_size, sparsity, scenario, warmup, iterations, time_s)
     hw = check_img_size([imgsz[0], imgsz[-1]] if isinstance(imgsz, (list, tuple)) else [imgsz, imgsz], s=32)
     settings = Settings(tuple(hw), warmup, iterations, time_s, num_cores, num_streams, conf_thres, iou_thres,
@@ -100,7 +101,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=25, help="warm-up batches per row (not measured)")
     p.add_argument("--iterations", type=int, default=80, help="measured batches per row")
     p.add_argument("--time", dest="time_s", type=float, default=None, help="measure for S seconds instead")
-    p.add_argument("--num-cores", type=int, default=None, help="threads/cores per engine (default: engine's own)")
+    p.add_argument("--threads", "--num-cores", dest="num_cores", type=int, default=None,
+                   help="threads/cores per engine (default: engine's own); the machine section reports it")
     p.add_argument("--scenario", nargs="+", default=["sync"], help="sync and/or async (multi-stream engines)")
     p.add_argument("--num-streams", type=int, default=None, help="async streams (default: engine's choice)")
     p.add_argument("--baseline", default="onnxruntime:dense", help="ratio reference: engine[:variant]")

@@ -4,6 +4,8 @@ Usage:
     python detect.py --weights yolov5n.pt --source data/images/bus.jpg
     python detect.py --weights yolov5n.onnx --engine deepsparse --source path/to/folder --save-txt
     python detect.py --weights yolov5n.onnx --engine openvino --source video.mp4
+    python detect.py --weights yolov5n.onnx --source 0                          # webcam
+    python detect.py --weights yolov5n.onnx --source rtsp://user:pass@camera/stream --vid-stride 2
 """
 from __future__ import annotations
 
@@ -19,13 +21,14 @@ from utils.assets import assets_dir  # noqa: E402
 from utils.augmentations import check_img_size  # noqa: E402
 import utils.sparsity.rebuild  # noqa: E402,F401  (registers sparse/QAT/channel checkpoint rebuilds)
 from utils.sparsity.zoo import weights_path  # noqa: E402
+from utils.data_config import names_for_model  # noqa: E402
 from utils.cli import check_options, exit_on_user_error, warn_unknown_classes  # noqa: E402
-from utils.dataloaders import LoadImages  # noqa: E402
 from utils.detect_output import DetectionWriter, summary  # noqa: E402
 from utils.engines import ENGINES, load_engine  # noqa: E402
 from utils.files import increment_path  # noqa: E402
 from utils.logger import LOGGER, setup_logging  # noqa: E402
 from utils.predict import Predictor  # noqa: E402
+from utils.streams import load_source  # noqa: E402
 
 
 def run(weights: str = "yolov5n.pt", source: str | None = None, imgsz: int | list[int] = 640, conf_thres: float = 0.25,
@@ -33,21 +36,25 @@ def run(weights: str = "yolov5n.pt", source: str | None = None, imgsz: int | lis
         classes: list[int] | None = None, agnostic_nms: bool = False, save_txt: bool = False, save_conf: bool = False,
         save_crop: bool = False, nosave: bool = False, project: str = "runs/detect", name: str = "exp",
         exist_ok: bool = False, line_thickness: int = 3, hide_labels: bool = False, hide_conf: bool = False,
-        vid_stride: int = 1) -> Path:
+        vid_stride: int = 1, data: str | None = None, threads: int | None = None) -> Path:
     """Detect objects in every image/frame of source; returns the run folder."""
-    check_options(imgsz=imgsz, device=device)
+    check_options(imgsz=imgsz, device=device, threads=threads)
     source = source or str(assets_dir() / "images")
     imgsz = [imgsz, imgsz] if isinstance(imgsz, int) else (imgsz * 2 if len(imgsz) == 1 else imgsz)
     imgsz = check_img_size(list(imgsz), s=32)  # YOLOv5 P5 models; re-checked against the engine's own stride below
-    eng = load_engine(weights_path(weights, engine), engine, batch_size=1, imgsz=tuple(imgsz), device=device)
+    eng = load_engine(weights_path(weights, engine), engine, batch_size=1, imgsz=tuple(imgsz), device=device,
+                      num_threads=threads)
+    if data:  # a file without class names (e.g. a third-party ONNX) shows class0..; the data yaml has the real ones
+        eng.names = names_for_model(data, eng.names)
     imgsz = check_img_size(list(eng.imgsz or imgsz), s=eng.stride)
     predictor = Predictor(eng, tuple(imgsz), conf_thres, iou_thres, classes, agnostic_nms, max_det)
     eng.warmup()  # first call pays for allocation; keep it out of the reported times
     warn_unknown_classes(classes, eng.names)
+    dataset = load_source(source, imgsz, eng.stride, vid_stride)  # a bad file or unreachable stream: no run folder
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
     writer = DetectionWriter(save_dir, eng.names, not nosave, save_txt, save_conf, save_crop, line_thickness,
                              hide_labels, hide_conf)
-    for path, _, im0, cap, s in LoadImages(source, img_size=imgsz, stride=eng.stride, vid_stride=vid_stride):
+    for path, _, im0, cap, s in dataset:
         before = predictor.timings.infer
         det = predictor([im0])[0]
         writer.write(path, im0, det, cap, getattr(predictor.timings, "images", 0))
@@ -65,7 +72,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", type=str, default=str(assets_dir() / "weights" / "yolov5n.pt"),
                    help=".pt, .onnx or OpenVINO model")
-    p.add_argument("--source", type=str, default=None, help="file/dir/glob/.txt list/video (default: shared demo images)")
+    p.add_argument("--source", type=str, default=None, help="file/dir/glob/.txt list/video, webcam index 0, rtsp/rtmp/http(s) stream URL "
+                        "(default: shared demo images)")
     p.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640], help="inference size h,w")
     p.add_argument("--conf-thres", type=float, default=0.25, help="confidence threshold")
     p.add_argument("--iou-thres", type=float, default=0.45, help="NMS IoU threshold")
@@ -86,6 +94,10 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hide-labels", action="store_true", help="hide labels")
     p.add_argument("--hide-conf", action="store_true", help="hide confidences")
     p.add_argument("--vid-stride", type=int, default=1, help="video frame-rate stride")
+    p.add_argument("--data", type=str, default=None,
+                   help="dataset.yaml whose class names label the boxes (for models whose file carries none)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for the engine (torch, ONNX Runtime intra-op, OpenVINO, DeepSparse cores)")
     opt = p.parse_args(argv)
     opt.imgsz = opt.imgsz * 2 if len(opt.imgsz) == 1 else opt.imgsz
     return opt

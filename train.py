@@ -76,6 +76,7 @@ def parse_opt(known: bool = False, args: list[str] | None = None) -> argparse.Na
     parser.add_argument("--freeze", nargs="+", type=int, default=[0], help="freeze layers: backbone=10, first3=0 1 2")
     parser.add_argument("--save-period", type=int, default=-1, help="save checkpoint every x epochs (disabled if < 1)")
     parser.add_argument("--seed", type=int, default=0, help="global training seed")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's own)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="automatic DDP Multi-GPU argument")
     parser.add_argument("--recipe", type=str, default=None, help="SparseML recipe: .yaml/.md path, zoo: stub or YAML text")
     parser.add_argument("--recipe-args", type=str, default=None, help="json/yaml dict overriding recipe variables")
@@ -156,9 +157,13 @@ def sparsification_callbacks(opt: argparse.Namespace) -> list[Callback]:
 def main(opt: argparse.Namespace, callbacks: list[Callback] | None = None) -> dict:
     """Resolve options (or those of the run being resumed), then set up and fit one Trainer."""
     logging.basicConfig(format="%(message)s", level=logging.INFO if RANK in (-1, 0) else logging.WARNING)
-    check_options(imgsz=opt.imgsz)  # --device is checked by the trainer before its run folder exists
+    check_options(imgsz=opt.imgsz, threads=opt.threads)  # --device is checked by the trainer before its run folder
+    threads = opt.threads  # a setting of this machine, not of the run: --resume keeps the one given now
     opt = resume_options(opt) if opt.resume else new_run_options(opt)
+    opt.threads = threads
     init_distributed(opt)
+    if opt.threads:  # after init_distributed, whose per-process share of the cores it overrides
+        torch.set_num_threads(opt.threads)
     # a channel-pruned checkpoint is rebuilt at its own widths before its weights load (no-op for any other)
     callbacks = list(callbacks or []) + [ChannelLayoutCallback()] + sparsification_callbacks(opt)
     try:

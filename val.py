@@ -35,12 +35,12 @@ def run(data: str = "data/coco128.yaml", weights: str = "yolov5n.pt", batch_size
         workers: int = 8, single_cls: bool = False, verbose: bool = False, save_txt: bool = False,
         save_conf: bool = False, save_json: bool = False, project: str = "runs/val", name: str = "exp",
         exist_ok: bool = False, engine: str | None = None, plots: bool = True, rect: bool | None = None,
-        allow_download_code: bool = False) -> dict:
+        allow_download_code: bool = False, threads: int | None = None) -> dict:
     """Validate once; returns the metrics dict written to metrics.json."""
-    check_options(imgsz=imgsz, batch_size=batch_size, device=device)
+    check_options(imgsz=imgsz, batch_size=batch_size, device=device, threads=threads)
     data_dict = check_dataset(data, allow_code=allow_download_code)
     weights = weights_path(weights, engine)
-    eng = load_engine(weights, engine, batch_size=batch_size, imgsz=imgsz, device=device)
+    eng = load_engine(weights, engine, batch_size=batch_size, imgsz=imgsz, device=device, num_threads=threads)
     check_model_classes(eng.names, data_dict, weights, single_cls)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)  # only once the weights load
     imgsz = eng.imgsz[0] if eng.imgsz else check_img_size(imgsz, s=eng.stride)
@@ -54,7 +54,8 @@ def run(data: str = "data/coco128.yaml", weights: str = "yolov5n.pt", batch_size
     LOGGER.info(f"Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image at shape "
                 f"({batch_size}, 3, {imgsz}, {imgsz}) with {eng.name} {eng.version()}")
     if keep:
-        res.update(save_predictions(res["predictions"], dataset, save_dir, save_txt, save_conf, save_json, weights))
+        res.update(save_predictions(res["predictions"], dataset, save_dir, save_txt, save_conf, save_json, weights,
+                                    data_dict))
     metrics = save_metrics(res, eng, save_dir, {"data": str(data), "weights": str(weights), "imgsz": imgsz})
     LOGGER.info(f"Results saved to {save_dir}")
     return metrics
@@ -87,6 +88,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rect", action=argparse.BooleanOptionalAction, default=None,
                    help="rectangular batches (default: on for .pt and dynamic-shape models); --no-rect letterboxes "
                         "every image to the square imgsz, as a static ONNX model sees it, to compare engines fairly")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for the engine (torch, ONNX Runtime intra-op, OpenVINO, DeepSparse cores)")
     deprecated.add_val_args(p)  # old pruning flags: aliases of prune.py
     return p.parse_args(argv)
 

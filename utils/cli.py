@@ -23,13 +23,17 @@ MAX_IMGSZ = 8192  # 16x the usual 640 (and well past any letterbox worth running
 
 
 def check_options(imgsz: int | Iterable[int] | None = None, batch_size: int | None = None,
-                  device: str | None = None) -> None:
-    """Refuse impossible --img/--batch-size/--device in one line, before any run folder, model or data is touched."""
+                  device: str | None = None, threads: int | None = None) -> None:
+    """Refuse impossible --img/--batch-size/--device/--threads in one line, before any run folder, model or data is
+    touched."""
     for size in [imgsz] if isinstance(imgsz, int) else list(imgsz or []):
         if not 1 <= int(size) <= MAX_IMGSZ:
             raise ValueError(f"--img {size}: image size must be between 1 and {MAX_IMGSZ} pixels (e.g. --img 640)")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"--batch-size {batch_size}: must be at least 1 (e.g. --batch-size 32)")
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads {threads}: must be at least 1 (e.g. --threads 4), or leave it out for the "
+                         f"engine's default")
     if device is not None:
         select_device(device)  # --device cuda:0 on a CPU build: the same one line train.py gives
 

@@ -48,6 +48,20 @@ def check_dataset(data: str | Path | dict, autodownload: bool = True, allow_code
     return cfg
 
 
+def names_for_model(data: str | Path, model_names: list[str]) -> list[str]:
+    """detect.py --data: the yaml's class names for a model whose file has none (or others); the model's on a count
+    mismatch, with one warning line, since names indexed past the yaml's list would crash mid-run."""
+    yaml_file, cfg = _load_config(data)
+    _check_types({"train": "-", "val": "-", **cfg}, str(yaml_file))  # only names/nc matter for detection
+    names = _parse_names(cfg, str(yaml_file))
+    if model_names and len(names) != len(model_names):
+        logging.getLogger("yolov5-sparse").warning(
+            f"WARNING ⚠️ --data {yaml_file}: {len(names)} class names but the model predicts {len(model_names)} "
+            f"classes; keeping the model's names (pass the data yaml the model was trained on)")
+        return model_names
+    return names
+
+
 def _load_config(data: str | Path | dict) -> tuple[Path | None, dict]:
     """Read the yaml (looking in data/ for a bare name like 'coco128.yaml'); dicts are copied, not mutated."""
     if isinstance(data, dict):

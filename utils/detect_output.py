@@ -10,6 +10,7 @@ import numpy as np
 
 from utils.boxes import xyxy2xywh
 from utils.plots import Annotator, colors, save_one_box
+from utils.streams import capture_fps
 
 
 def summary(det: np.ndarray, names: list[str]) -> str:
@@ -21,14 +22,22 @@ def summary(det: np.ndarray, names: list[str]) -> str:
 
 
 def label_lines(det: np.ndarray, shape: tuple[int, int], save_conf: bool) -> list[str]:
-    """Rows 'cls cx cy w h [conf]' normalized to the original image, as YOLO labels are."""
+    """Rows 'cls cx cy w h [conf]' normalized to the original image, in float32 and '%g' like Ultralytics' files."""
     h, w = shape
+    gn = np.array([w, h, w, h], dtype=np.float32)
     lines = []
-    for *xyxy, conf, cls in det.tolist():
-        xywh = xyxy2xywh(np.array([xyxy], dtype=np.float64))[0] / np.array([w, h, w, h])
+    for *xyxy, conf, cls in np.asarray(det, dtype=np.float32).tolist():
+        xywh = (xyxy2xywh(np.array([xyxy], dtype=np.float32))[0] / gn).tolist()
         row = (int(cls), *xywh, conf) if save_conf else (int(cls), *xywh)
         lines.append(("%g " * len(row)).rstrip() % row)
     return lines
+
+
+def write_labels(file: Path, det: np.ndarray, shape: tuple[int, int], save_conf: bool) -> None:
+    """One YOLO label txt; no file at all for an image without detections, as Ultralytics' detect and val do."""
+    if len(det):
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text("".join(f"{ln}\n" for ln in label_lines(det, shape, save_conf)))
 
 
 @dataclass
@@ -51,9 +60,8 @@ class DetectionWriter:
         p = Path(path)
         if self.save_txt:
             stem = p.stem if cap is None else f"{p.stem}_{frame}"
-            txt = self.save_dir / "labels" / f"{stem}.txt"
-            txt.parent.mkdir(parents=True, exist_ok=True)
-            txt.write_text("".join(f"{ln}\n" for ln in label_lines(det, im0.shape[:2], self.save_conf)))
+            # lowest confidence first: Ultralytics' detect.py walks reversed(det), so its files list rows that way
+            write_labels(self.save_dir / "labels" / f"{stem}.txt", det[::-1], im0.shape[:2], self.save_conf)
         if self.save_crop:
             for *xyxy, conf, cls in det.tolist():
                 crop = self.save_dir / "crops" / self.names[int(cls)] / f"{p.stem}.jpg"
@@ -78,7 +86,7 @@ class DetectionWriter:
             cv2.imwrite(str(self.save_dir / p.name), im)
             return
         if str(p) not in self._videos:
-            fps = cap.get(cv2.CAP_PROP_FPS) or 30
+            fps = capture_fps(cap)
             out = str((self.save_dir / p.stem).with_suffix(".mp4"))
             self._videos[str(p)] = cv2.VideoWriter(out, cv2.VideoWriter_fourcc(*"mp4v"), fps, (im.shape[1], im.shape[0]))
         self._videos[str(p)].write(im)

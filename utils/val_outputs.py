@@ -4,10 +4,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
-from utils.boxes import xyxy2xywh
-from utils.coco_eval import coco_map, ground_truth_json, predictions_json
+from utils.coco_eval import (
+    COCO_ANNOTATIONS,
+    coco80_to_coco91_class,
+    coco_map,
+    ground_truth_json,
+    is_coco,
+    official_annotations,
+    predictions_json,
+)
+from utils.detect_output import write_labels
 from utils.logger import LOGGER
 from utils.sparsity.measure import all_param_sparsity, global_sparsity
 from utils.sparsity.sweep import sparsity_header
@@ -24,29 +30,35 @@ def model_sparsity(eng) -> str:
 
 
 def save_predictions(predictions: list, dataset, save_dir: Path, save_txt: bool, save_conf: bool,
-                     save_json: bool, weights: str) -> dict:
+                     save_json: bool, weights: str, data: dict | None = None) -> dict:
     """labels/*.txt (normalized xywh) and/or COCO json + pycocotools mAP for any dataset."""
     out: dict = {}
     if save_txt:
         (save_dir / "labels").mkdir(exist_ok=True)
-        for path, (h, w), predn in predictions:
-            gn = np.array([w, h, w, h])
-            rows = [(int(c), *(xyxy2xywh(np.array([b]))[0] / gn), cf) for *b, cf, c in predn.tolist()]
-            fmt = (lambda r: ("%g " * 6).rstrip() % r) if save_conf else (lambda r: ("%g " * 5).rstrip() % r[:5])
-            (save_dir / "labels" / f"{Path(path).stem}.txt").write_text("".join(fmt(r) + "\n" for r in rows))
+        for path, shape, predn in predictions:
+            write_labels(save_dir / "labels" / f"{Path(path).stem}.txt", predn.cpu().numpy(), shape, save_conf)
     if save_json:
         dataset.names = getattr(dataset, "names", None)
-        pred_file = predictions_json(predictions, dataset, save_dir / f"{Path(weights).stem}_predictions.json")
-        gt_file = ground_truth_json(dataset, save_dir / "ground_truth.json")
-        LOGGER.info(f"\nEvaluating pycocotools mAP... saving {pred_file}...")
+        coco = data is not None and is_coco(data)
+        class_map = coco80_to_coco91_class() if coco else None  # COCO: official category ids, as Ultralytics
+        pred_file = predictions_json(predictions, dataset, save_dir / f"{Path(weights).stem}_predictions.json",
+                                     class_map)
+        gt_file = official_annotations(data) if coco else None
+        if gt_file is None:
+            if coco:
+                LOGGER.warning(f"WARNING ⚠️ {data['path']}: no {COCO_ANNOTATIONS}; scoring against ground truth "
+                               "built from the YOLO labels (put the official file there to score as COCO does)")
+            gt_file = ground_truth_json(dataset, save_dir / "ground_truth.json", class_map)
+        LOGGER.info(f"\nEvaluating pycocotools mAP... saving {pred_file}... against {gt_file}")
         out["coco_map"], out["coco_map50"] = coco_map(gt_file, pred_file)
+        out["coco_annotations"] = str(gt_file)
     return out
 
 
 def save_metrics(res: dict, eng, save_dir: Path, extra: dict) -> dict:
     """metrics.json in the run folder: numbers a script or CI can read back."""
     metrics = {k: res[k] for k in ("precision", "recall", "map50", "map", "images", "instances")}
-    metrics.update({k: res[k] for k in ("coco_map", "coco_map50") if k in res})
+    metrics.update({k: res[k] for k in ("coco_map", "coco_map50", "coco_annotations") if k in res})
     metrics["speed_ms"] = dict(zip(("pre", "inference", "nms"), res["speed"]))
     if eng.torch_module is not None:
         metrics["sparsity"] = global_sparsity(eng.torch_module)
