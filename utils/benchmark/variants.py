@@ -6,7 +6,6 @@ to, so pruning a randomly initialised or an official checkpoint one-shot gives t
 from __future__ import annotations
 
 import copy
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,16 +15,18 @@ from torch import nn
 
 from utils.checkpoint import load_model
 from utils.engines import check_onnx_file, reads_exported_files
-from utils.export import DEFAULT_OPSET, onnx_precision, export_metadata, export_onnx, onnx_conv_sparsity, prepare_model
+from utils.export import DEFAULT_OPSET, export_metadata, export_onnx, onnx_conv_sparsity, onnx_precision, prepare_model
+from utils.export.int8 import int8_format_for, sample_int8_exporter
 from utils.sparsity.measure import global_sparsity
 from utils.sparsity.methods import METHODS, PruneContext, get_method
 from utils.sparsity.oneshot import bn_recalibrate
 from utils.sparsity.ptq import calibration_batches
 
-# Int8Exporter(model, file, imgsz, batch_size) -> path of an INT8 ONNX file that DeepSparse/ORT/OpenVINO can run.
-Int8Exporter = Callable[[nn.Module, Path, tuple[int, int], int], Path]
-# Post-training INT8 by default; another exporter can be plugged in with register_int8_exporter.
-INT8_ENTRY_POINT = "utils.sparsity.ptq:export_int8_onnx"
+# Exporter(model, file, imgsz, batch_size, fmt) -> path of an ONNX file; fmt is the INT8 form the engine runs best
+# ('qdq' or 'convinteger', utils.export.int8.int8_format_for) or 'fp32'.
+Int8Exporter = Callable[[nn.Module, Path, tuple[int, int], int, str], Path]
+# Post-training INT8 (utils.export.int8.sample_int8_exporter) by default; another can be plugged in with
+# register_int8_exporter.
 _INT8_EXPORTERS: list[Int8Exporter] = []
 FILE_DENSE_BELOW = 0.10
 class NotApplicable(RuntimeError):
@@ -39,19 +40,13 @@ def register_int8_exporter(fn: Int8Exporter) -> Int8Exporter:
 
 
 def find_int8_exporter() -> Int8Exporter | None:
-    """A registered INT8 exporter, else the entry point if that module exists, else None (INT8 rows skipped)."""
-    if _INT8_EXPORTERS:
-        return _INT8_EXPORTERS[-1]
-    module, _, attr = INT8_ENTRY_POINT.partition(":")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
-        return None
+    """The last registered INT8 exporter, else post-training QDQ/ConvInteger calibrated on the sample images."""
+    return _INT8_EXPORTERS[-1] if _INT8_EXPORTERS else sample_int8_exporter()
 
 
 def fp32_exporter(opset: int = DEFAULT_OPSET) -> Int8Exporter:
     """Static-shape FP32 ONNX through export.py's own path (BN folded, Detect decoded, metadata attached)."""
-    def export(model: nn.Module, file: Path, imgsz: tuple[int, int], batch_size: int) -> Path:
+    def export(model: nn.Module, file: Path, imgsz: tuple[int, int], batch_size: int, fmt: str = "fp32") -> Path:
         meta = export_metadata(model, imgsz, batch_size, False, global_sparsity(model))
         return export_onnx(prepare_model(model), file, imgsz, batch_size, dynamic=False, opset=opset, metadata=meta)
     return export
@@ -71,7 +66,7 @@ class Variant:
     ir: Path | None = None
     exporter: Int8Exporter | None = None
     source: str = ""
-    _files: dict[int, Path] = field(default_factory=dict, repr=False)
+    _files: dict[tuple[int, str], Path] = field(default_factory=dict, repr=False)
     _torch: nn.Module | None = field(default=None, repr=False)
 
     def weights_for(self, engine: str, batch_size: int, imgsz: tuple[int, int], workdir: Path) -> nn.Module | Path:
@@ -88,12 +83,15 @@ class Variant:
             return self.onnx
         if self.model is None or self.exporter is None:
             raise NotApplicable(f"no ONNX file for {self.name}")
-        if batch_size not in self._files:
+        fmt = int8_format_for(engine) if self.precision == "INT8" else "fp32"
+        if (batch_size, fmt) not in self._files:
             workdir.mkdir(parents=True, exist_ok=True)
-            file = workdir / f"{slug(self.name)}_b{batch_size}_{imgsz[0]}x{imgsz[1]}.onnx"
+            tag = "" if fmt == "fp32" else f"_{fmt}"
+            file = workdir / f"{slug(self.name)}{tag}_b{batch_size}_{imgsz[0]}x{imgsz[1]}.onnx"
             # a copy: an INT8 exporter may insert fake-quant modules; the FP32 twin must not change
-            self._files[batch_size] = Path(self.exporter(copy.deepcopy(self.model), file, imgsz, batch_size))
-        return self._files[batch_size]
+            self._files[batch_size, fmt] = Path(self.exporter(copy.deepcopy(self.model), file, imgsz, batch_size,
+                                                              fmt))
+        return self._files[batch_size, fmt]
 
 
 def slug(text: str) -> str:

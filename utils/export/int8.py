@@ -6,15 +6,18 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import cv2
 import numpy as np
 from torch import nn
 
+from utils.assets import assets_dir
 from utils.atomic import atomic_path
 from utils.sparsity.calibration import calibration_files
 from utils.sparsity.ptq import calibration_batches, quantize_ptq
 
+from .metadata import export_metadata, model_sparsity
 from .prepare import prepare_model
 from .qdq import DEFAULT_METHOD, image_batches, quantize_onnx_file
 from .trace import export_onnx
@@ -49,3 +52,19 @@ def export_convinteger(model: nn.Module, out: Path, imgsz: tuple[int, int], batc
     """Post-training ConvInteger INT8 (SparseML observers calibrated on `images`), DeepSparse's fastest form."""
     q = quantize_ptq(model, calibration_batches(tuple(imgsz), images))
     return export_onnx(prepare_model(q), out, imgsz, batch_size, dynamic=False, metadata=meta)
+
+
+def sample_int8_exporter(images: list[str] | None = None) -> Callable[..., Path]:
+    """benchmark.py --quantize: INT8 twins calibrated on `images` (default: the shared sample pictures), in the form
+    each engine runs best (QDQ from the FP32 file; ConvInteger for DeepSparse)."""
+    images = images or [str(p) for p in sorted((assets_dir() / "images").glob("*.jpg"))]
+
+    def export(model: nn.Module, file: Path, imgsz: tuple[int, int], batch_size: int, fmt: str = "qdq") -> Path:
+        meta = export_metadata(model, imgsz, batch_size, False, model_sparsity(model))
+        if fmt == "convinteger":
+            return export_convinteger(model, file, imgsz, batch_size, meta, [cv2.imread(f) for f in images])
+        fp32 = export_onnx(prepare_model(model), file.with_name(file.stem + "_fp32.onnx"), imgsz, batch_size,
+                           metadata=meta)
+        return export_qdq(fp32, file, images, imgsz[0], batch_size)
+
+    return export
