@@ -210,8 +210,9 @@ def test_ratio_to_baseline_per_batch_size():
 
 
 def test_end_to_end_run_writes_csv_json_png(tiny_model, tmp_path, monkeypatch):
-    monkeypatch.setattr(variants, "_INT8_EXPORTERS", [])
-    monkeypatch.setattr(variants, "INT8_ENTRY_POINT", "utils.no_such_module:export")
+    from utils.benchmark import cli
+
+    monkeypatch.setattr(cli, "find_int8_exporter", lambda: None)  # as if no INT8 exporter could be imported
     out = benchmark.run(cfg="models/yolov5n.yaml", engines=["torch", "ort"], batch_size=[1], imgsz=[64],
                         sparsity=[0, 0.5], block=["none"], quantize=True, random=True, warmup=1, iterations=2,
                         project=str(tmp_path), name="exp")
@@ -241,8 +242,8 @@ def test_int8_exporter_plugs_in(tmp_path, monkeypatch):
     seen = []
 
     @variants.register_int8_exporter
-    def fake_int8(model, file, imgsz, batch_size):  # stand-in: records the call, writes a placeholder
-        seen.append((type(model).__name__, imgsz, batch_size))
+    def fake_int8(model, file, imgsz, batch_size, fmt):  # stand-in: records the call, writes a placeholder
+        seen.append((type(model).__name__, imgsz, batch_size, fmt))
         file.write_bytes(b"")
         return file
 
@@ -253,8 +254,10 @@ def test_int8_exporter_plugs_in(tmp_path, monkeypatch):
     with pytest.raises(variants.NotApplicable):
         vs[1].weights_for("torch", 1, IMG, tmp_path)
     f = vs[1].weights_for("onnxruntime", 4, IMG, tmp_path)
-    assert f.suffix == ".onnx" and seen == [("DetectionModel", IMG, 4)]
-    assert vs[1].weights_for("deepsparse", 4, IMG, tmp_path) == f  # one export per batch size, shared by engines
+    assert f.suffix == ".onnx" and seen == [("DetectionModel", IMG, 4, "qdq")]
+    assert vs[1].weights_for("openvino", 4, IMG, tmp_path) == f  # one QDQ export per batch size, shared
+    ds = vs[1].weights_for("deepsparse", 4, IMG, tmp_path)  # DeepSparse gets the form it compiles: ConvInteger
+    assert ds != f and seen[-1] == ("DetectionModel", IMG, 4, "convinteger")
 
 
 def test_async_is_na_for_engines_without_streams(tmp_path):

@@ -13,7 +13,7 @@ from onnx import numpy_helper
 from utils.engines.metadata import read_onnx_metadata
 from utils.export.qdq import (METHODS, OPSET, SCHEME, calibrate_ranges, head_convs, image_batches, quantize_onnx_file,
                               quantize_qdq)
-from utils.export_onnx import export_weights, load_image_batch
+from utils.export import export_weights, load_image_batch
 from utils.nms import non_max_suppression
 
 IMGSZ, CALIB_IMAGES = 320, 8

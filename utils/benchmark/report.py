@@ -14,7 +14,7 @@ from .machine import int8_warning
 COLUMNS = ("model", "variant", "sparsity", "pattern", "precision", "engine", "engine_version", "batch_size",
            "scenario", "streams", "threads", "imgsz", "warmup", "iterations", "items_per_sec", "ms_mean",
            "ms_median", "ms_p90", "ms_p99", "ms_std", "pre_ms", "engine_ms", "post_ms", "wall_s", "foreign_load",
-           "ratio", "status", "note")
+           "ratio", "status", "int8_kernels", "note")
 
 
 def parse_baseline(spec: str) -> tuple[str, str]:
@@ -54,6 +54,11 @@ def _fmt(v: Any, spec: str = ".1f") -> str:
     return format(v, spec) if isinstance(v, (int, float)) else str(v)
 
 
+def _note(r: dict) -> str:
+    """The row's note, after how many convs its backend ran in INT8 (INT8 rows)."""
+    return "; ".join(x for x in (r.get("int8_kernels"), r.get("note")) if x)
+
+
 def format_table(rows: list[dict], baseline: str) -> str:
     """Fixed-width console table, one row per (variant, engine, batch, scenario)."""
     wv = min(max([len(r["variant"]) for r in rows] + [7]), 48)
@@ -69,7 +74,7 @@ def format_table(rows: list[dict], baseline: str) -> str:
             f"{_fmt(r.get('items_per_sec')):>8} {_fmt(r.get('ms_mean')):>8} {_fmt(r.get('ms_median')):>8} "
             f"{_fmt(r.get('ms_p90')):>8} {_fmt(r.get('ms_p99')):>8} {_fmt(r.get('ms_std')):>6} "
             f"{_fmt(r.get('pre_ms')):>6} {_fmt(r.get('engine_ms')):>8} {_fmt(r.get('post_ms')):>6} "
-            f"{_fmt(load):>6} {_fmt(r.get('ratio'), '.2f'):>6}  {r.get('note', '')}")
+            f"{_fmt(load):>6} {_fmt(r.get('ratio'), '.2f'):>6}  {_note(r)}")
     return "\n".join(lines)
 
 
@@ -94,7 +99,9 @@ def format_markdown(rows: list[dict], baseline: str) -> str:
             share = f"{(best['pre_ms'] + best['post_ms']) / best['ms_mean']:.0%}" if best else "-"
             out.append(f"| {variant} | " + " | ".join(cells) + f" | {share} |")
         out.append("")
-    return "\n".join(out)
+    kernels = [f"- {r['variant']} on {r['engine']} (batch {r['batch_size']}): {r['int8_kernels']}"
+               for r in rows if r.get("int8_kernels")]
+    return "\n".join(out + (["INT8 rows, convolutions the backend ran in INT8:", *kernels, ""] if kernels else []))
 
 
 def _round(v: Any) -> Any:

@@ -49,7 +49,7 @@ def base_row(v: Variant, engine: str, batch_size: int, scenario: str, s: Setting
     return {"model": v.group, "variant": v.name, "sparsity": v.sparsity, "pattern": v.pattern,
             "precision": v.precision, "engine": engine, "engine_version": "", "batch_size": batch_size,
             "scenario": scenario, "streams": None, "threads": None, "imgsz": f"{s.imgsz[0]}x{s.imgsz[1]}",
-            "status": "ok", "note": ""}
+            "status": "ok", "note": "", "int8_kernels": None}
 
 
 def measure_row(v: Variant, engine: str, batch_size: int, scenario: str, images: list[np.ndarray], s: Settings,
@@ -69,6 +69,8 @@ def measure_row(v: Variant, engine: str, batch_size: int, scenario: str, images:
         else:
             m = measure_sync(pipe, batch, s.warmup, s.iterations, s.time_s)
         info = eng.info()
+        if v.precision == "INT8":  # an INT8 file pays only where the backend's kernels are INT8: say how many
+            row["int8_kernels"] = eng.int8_kernels()
         row.update(m.summary(), engine_version=info["version"], threads=info.get("threads"),
                    imgsz=f"{pipe.imgsz[0]}x{pipe.imgsz[1]}")
         row["streams"] = streams if scenario == "async" else 1

@@ -53,6 +53,11 @@ class Engine(ABC):
         """Threads the backend actually uses, when it can tell us."""
         return self.num_threads
 
+    def int8_kernels(self) -> str | None:
+        """How many convolutions the backend actually runs in INT8, e.g. '57/60 conv INT8 (QLinearConv)'; None when
+        the engine cannot tell. An INT8 file only pays where the backend's kernels are INT8."""
+        return None
+
     @property
     def torch_module(self) -> Any:
         """The PyTorch module behind the engine (val measures sparsity and runs it directly); None for files."""

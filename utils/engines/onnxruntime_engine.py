@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import onnx
 import psutil
 
 from .base import Engine, EngineUnavailable
@@ -78,6 +81,20 @@ class OnnxRuntimeEngine(Engine):
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    def int8_kernels(self) -> str | None:
+        """Convs of ORT's own optimized graph (written once to a temp file) that run as QLinearConv/ConvInteger."""
+        ort = import_onnxruntime()
+        with tempfile.TemporaryDirectory() as d:
+            opts = session_options(self.num_threads, {**(self.session_config or {}),
+                                                      "session.disable_prepacking": "1"})
+            opts.optimized_model_filepath = str(Path(d) / "optimized.onnx")
+            opts.log_severity_level = 3  # ORT warns that an NCHWc graph is machine-specific: we only count ops
+            ort.InferenceSession(self.file, sess_options=opts, providers=["CPUExecutionProvider"])
+            ops = Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node if "Conv" in n.op_type)
+        quantized = ops["QLinearConv"] + ops["ConvInteger"]
+        kinds = "/".join(k for k in ("QLinearConv", "ConvInteger") if ops[k]) or "none"
+        return f"{quantized}/{sum(ops.values())} conv INT8 ({kinds})"
 
     def version(self) -> str:
         return import_onnxruntime().__version__

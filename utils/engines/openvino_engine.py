@@ -1,6 +1,7 @@
 """OpenVINO engine: Intel's CPU runtime, reading ONNX directly or an exported IR (.xml/.bin) folder."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +97,17 @@ class OpenVinoEngine(Engine):
 
     def info(self) -> dict:
         return {**super().info(), "precision": self.precision}
+
+    def int8_kernels(self) -> str | None:
+        """Runtime precision of the compiled Convolution layers (u8/i8 = INT8 kernels), from OpenVINO's own graph."""
+        ops = self.compiled.get_runtime_model().get_ordered_ops()
+        convs = [op for op in ops if _rt(op, "layerType") == "Convolution"]
+        prec = Counter(_rt(op, "runtimePrecision") for op in convs)
+        quantized = prec["u8"] + prec["i8"]
+        return f"{quantized}/{len(convs)} conv INT8 (" + ", ".join(f"{k} {v}" for k, v in sorted(prec.items())) + ")"
+
+
+def _rt(op, key: str) -> str:
+    """One runtime-info field of a compiled op as text (OpenVINO wraps values in OVAny)."""
+    value = op.get_rt_info()[key]
+    return value.astype(str) if hasattr(value, "astype") else str(value)

@@ -39,11 +39,16 @@ def calibration_images(data: dict | str, n: int, seed: int = 0) -> list[str]:
 
 
 def export_qdq(fp32_file: Path, out: Path, images: list[str], imgsz: int, batch_size: int = 1,
-               method: str = DEFAULT_METHOD) -> Path:
-    """Post-training QDQ INT8 beside the FP32 file, calibrated on `images`; appears only when complete."""
-    usable = images[: len(images) - len(images) % batch_size] or images  # a static batch needs full batches
+               method: str = DEFAULT_METHOD, calibration_file: Path | None = None) -> Path:
+    """Post-training QDQ INT8 beside the FP32 file, calibrated on `images`; appears only when complete.
+
+    A static batch > 1 needs `calibration_file` (the same model at batch 1): calibration then runs image by image.
+    """
+    if batch_size > 1 and calibration_file is None:
+        raise ValueError("QDQ of a static batch > 1 file needs its batch-1 twin to calibrate on (calibration_file)")
     with atomic_path(out, what="INT8 export") as tmp:
-        quantize_onnx_file(fp32_file, tmp, image_batches(usable, imgsz, batch_size), method=method)
+        quantize_onnx_file(fp32_file, tmp, image_batches(images, imgsz, 1), method=method,
+                           calibration_src=calibration_file)
     return out
 
 
@@ -65,6 +70,8 @@ def sample_int8_exporter(images: list[str] | None = None) -> Callable[..., Path]
             return export_convinteger(model, file, imgsz, batch_size, meta, [cv2.imread(f) for f in images])
         fp32 = export_onnx(prepare_model(model), file.with_name(file.stem + "_fp32.onnx"), imgsz, batch_size,
                            metadata=meta)
-        return export_qdq(fp32, file, images, imgsz[0], batch_size)
+        one = export_onnx(prepare_model(model), file.with_name(file.stem + "_fp32_b1.onnx"), imgsz, 1) \
+            if batch_size > 1 else None
+        return export_qdq(fp32, file, images, imgsz[0], batch_size, calibration_file=one)
 
     return export

@@ -66,7 +66,11 @@ def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), im
     if int8 and not is_qat(model):
         int8_file = onnx_file.with_name(f"{onnx_file.stem}_int8.onnx")
         if int8_format == "qdq":
-            export_qdq(onnx_file, int8_file, images[:calib_images], hw[0], batch_size, calib_method)
+            one = export_onnx(prepare_model(model), int8_file.with_name(f".{int8_file.stem}_b1.onnx"), hw, 1) \
+                if batch_size > 1 else None  # calibrate image by image on the batch-1 twin
+            export_qdq(onnx_file, int8_file, images[:calib_images], hw[0], batch_size, calib_method, one)
+            if one is not None:
+                one.unlink()
         else:
             export_convinteger(model, int8_file, hw, batch_size, meta, [cv2.imread(f) for f in images[:calib_images]])
         result["files"].append(int8_file)

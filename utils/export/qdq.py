@@ -431,9 +431,15 @@ def _quantize_conv_params(new: onnx.NodeProto, node: onnx.NodeProto, inits: dict
 
 
 def quantize_onnx_file(src: str | Path, dst: str | Path, batches: Iterable[np.ndarray], method: str = DEFAULT_METHOD,
-                       quantize_head: bool = False, layout: str = DEFAULT_LAYOUT) -> Path:
-    """FP32 ONNX file -> QDQ INT8 file keeping the source's metadata and stating how it was quantized."""
+                       quantize_head: bool = False, layout: str = DEFAULT_LAYOUT,
+                       calibration_src: str | Path | None = None) -> Path:
+    """FP32 ONNX file -> QDQ INT8 file keeping the source's metadata and stating how it was quantized.
+
+    calibration_src: the same network exported at batch 1 (tensor names match), so a static batch-64 file is
+    calibrated one image at a time instead of holding every activation of 64 images at once.
+    """
     model = onnx.load(str(src))
+    calib = onnx.load(str(calibration_src)) if calibration_src else model
     images = 0
 
     def counted() -> Iterable[np.ndarray]:
@@ -442,7 +448,7 @@ def quantize_onnx_file(src: str | Path, dst: str | Path, batches: Iterable[np.nd
             images += len(batch)
             yield batch
 
-    ranges = calibrate_ranges(model, counted(), method)
+    ranges = calibrate_ranges(calib, counted(), method)
     q = quantize_qdq(model, ranges, quantize_head=quantize_head, layout=layout)
     meta = {p.key: p.value for p in model.metadata_props}
     meta.update({"precision": "int8", "quantization": SCHEME, "quantization_layout": layout,
