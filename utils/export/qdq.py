@@ -13,13 +13,15 @@ convs) stays float. Layouts (which activation tensors get a Q/DQ pair):
 
 Defaults, measured (yolov5s 640 b1, 2 threads, engine only, interleaved, ratio to FP32 on the same runtime;
 accuracy: yolov5n coco128 640 mAP50-95):
-  layout "all": ORT 1.62x on an idle machine (2.0x while the shared machine was busy); "silu" 1.47x, "conv" 0.95x
+  layout "all": ORT 1.62x on an idle machine (1.73x with spinning threads; 2.0x while the shared machine was busy);
+    "silu" 1.47x, "conv" 0.92-0.95x
     (ORT then runs float SiLU between Q/DQ pairs). ORT fuses 57 of 60 Convs into QLinearConv (60 with the head),
     SiLU becomes QLinearSigmoid + QLinearMul, which still cost ~25% of INT8 time (float QuickGelu: ~11% of FP32).
     OpenVINO runs every layout ~2.1x.
   quantize_head False: quantizing Detect's three output convs gained ORT ~5% but cost ~0.006 mAP50-95.
   method "percentile" (99.99): 0.332-0.341 over three calibration sets vs FP32 0.349 (mse about the same,
-    minmax 0.333, entropy 0.330, 99.9/99.95 clip too much: 0.312/0.323).
+    minmax 0.333, entropy 0.330, 99.9/99.95 clip too much: 0.312/0.323); the default file (64 images) with Concat
+    inputs sharing the Concat's params: ORT 0.342, OpenVINO 0.340.
 DeepSparse 1.8 loads these files and agrees with ORT exactly, but compiles 0% of the graph (its log: "kernel is not
 constant", also with float weights + QuantizeLinear or per-tensor weights) and runs them on its bundled ONNX Runtime;
 for DeepSparse keep the ConvInteger export.
@@ -324,7 +326,7 @@ def _chosen_tensors(model: onnx.ModelProto, layout: str, quantize_head: bool) ->
 
 def _concat_shared(model: onnx.ModelProto, chosen: set[str]) -> dict[str, str]:
     """Quantized tensors read only by one quantized Concat -> that Concat's output: sharing its scale/zero point lets
-    ORT's QLinearConcat copy bytes instead of requantizing (yolov5s: +4% speed, mAP unchanged)."""
+    ORT's QLinearConcat copy bytes instead of requantizing (yolov5s: its share of INT8 time 2.2% -> 1.9%; mAP kept)."""
     consumers, prod = _consumers(model.graph), _producers(model.graph)
     out = {}
     for n in model.graph.node:
