@@ -84,3 +84,21 @@ def test_int8_bad_input_is_one_line(tmp_path: Path, yolov5n_pt: Path, coco128_di
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("ERROR:") and msg in last, last
     assert not list(tmp_path.glob("*.onnx"))  # refused before anything was written
+
+
+def test_onnxruntime_runs_every_quantized_conv_as_qlinearconv(exported) -> None:
+    """The benchmark's INT8 rows say this: of yolov5n's 60 convs, the 57 before Detect's float head are INT8."""
+    from utils.engines import load_engine
+
+    fp32, int8 = exported[0]
+    assert load_engine(int8, "onnxruntime", imgsz=160).int8_kernels() == "57/60 conv INT8 (QLinearConv)"
+    assert load_engine(fp32, "onnxruntime", imgsz=160).int8_kernels() == "0/60 conv INT8 (none)"
+
+
+@pytest.mark.native_engines
+def test_openvino_runs_the_qdq_convs_in_u8(exported) -> None:
+    from utils.engines import load_engine
+
+    fp32, int8 = exported[0]
+    assert load_engine(int8, "openvino", imgsz=160).int8_kernels() == "57/60 conv INT8 (f32 3, u8 57)"
+    assert load_engine(fp32, "openvino", imgsz=160).int8_kernels().startswith("0/60 conv INT8")
