@@ -96,3 +96,21 @@ def test_sparse_transfer_learning_from_a_one_shot_checkpoint(tmp_path: Path, yol
     before = load_model(pruned).state_dict()
     moved = [k for k, v in trained.state_dict().items() if k.endswith("conv.weight") and not torch.equal(v, before[k])]
     assert len(moved) > 40  # it trained: weights changed, zeros stayed
+
+
+def test_sparse_transfer_to_another_class_count_says_the_new_head_is_dense(tmp_path: Path, yolov5n_pt: Path,
+                                                                           project_log) -> None:
+    """Issue 19: a 50%-sparse 80-class checkpoint fine-tuned on 1 class: Detect's 3 output convs start dense."""
+    from models.yolo import DetectionModel
+    from utils.train_utils import intersect_dicts
+    from utils.trainer import warn_dense_new_layers
+
+    sparse = load_model(prune.run(weights=str(yolov5n_pt), method="global", sparsity=0.5, project=str(tmp_path)))
+    one_class = DetectionModel("models/yolov5n.yaml", nc=1)
+    csd = intersect_dicts(sparse.state_dict(), one_class.state_dict())
+    one_class.load_state_dict(csd, strict=False)
+    new = warn_dense_new_layers(sparse.state_dict(), csd, one_class)
+    assert new == [f"model.24.m.{i}.weight" for i in range(3)]
+    assert "start DENSE" in project_log.text and "global sparsity is now 0.48" in project_log.text
+    same = DetectionModel("models/yolov5n.yaml")  # same class count: everything transfers, nothing to say
+    assert warn_dense_new_layers(sparse.state_dict(), intersect_dicts(sparse.state_dict(), same.state_dict()), same) == []

@@ -30,7 +30,7 @@ from utils.files import claim_run_dir, lock_run_dir
 from utils.logger import LOGGER
 from utils.loss import ComputeLoss
 from utils.metrics import fitness
-from utils.sparsity.measure import global_sparsity
+from utils.sparsity.measure import global_sparsity, prunable_parameters
 from utils.torch_utils import select_device
 from utils.train_utils import (
     EarlyStopping,
@@ -229,6 +229,7 @@ class Trainer:
         csd = intersect_dicts(ckpt["model"], self.model.state_dict(), exclude=exclude)
         self.model.load_state_dict(csd, strict=False)
         LOGGER.info(f"Transferred {len(csd)}/{len(self.model.state_dict())} items from {weights}")
+        warn_dense_new_layers(ckpt["model"], csd, self.model)
 
     def _freeze(self, freeze: list[int]) -> None:
         """--freeze 10 freezes layers 0-9 (backbone); --freeze 0 5 7 freezes exactly those layers."""
@@ -622,3 +623,17 @@ def strip_training_state(path: str | Path) -> None:
         ckpt.pop(k, None)
     atomic_save(ckpt, path)
     LOGGER.info(f"Optimizer stripped from {path}, {Path(path).stat().st_size / 1e6:.1f}MB")
+
+
+def warn_dense_new_layers(source: dict, transferred: dict, model: nn.Module) -> list[str]:
+    """Sparse transfer to another class count: the new Detect head starts dense, so global sparsity drops. Say so,
+    with the numbers, instead of letting a 50%-sparse checkpoint quietly train as a 49%-sparse one."""
+    new = [k for k, p in prunable_parameters(model).items() if k not in transferred]
+    sparse_src = [v for k, v in source.items() if k.endswith("weight") and v.dim() == 4]
+    zeros = sum(int((v == 0).sum()) for v in sparse_src) / max(sum(v.numel() for v in sparse_src), 1)
+    if new and zeros >= 0.05:
+        LOGGER.warning(f"WARNING ⚠️ {len(new)} prunable layers did not transfer (e.g. {new[0]}: new class count) and "
+                       f"start DENSE, while the checkpoint's conv weights are {zeros:.1%} zeros: global sparsity "
+                       f"is now {global_sparsity(model):.3f}. To prune them too, use a recipe whose pruning modifier "
+                       f"covers them (params: __ALL_PRUNABLE__), e.g. recipes/yolov5n.pruned.yaml")
+    return new
