@@ -85,7 +85,9 @@ class _Graph:
 
     def add_init(self, base: str, value: np.ndarray) -> str:
         name = self.fresh(base)
-        self.new_inits.append(numpy_helper.from_array(np.asarray(value), name))
+        t = numpy_helper.from_array(np.asarray(value), name)
+        self.new_inits.append(t)
+        self.inits[name] = t
         return name
 
     def only_consumer(self, name: str) -> onnx.NodeProto | None:
