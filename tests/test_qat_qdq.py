@@ -15,7 +15,8 @@ from utils.export.qat_qdq import SCHEME, export_qat_qdq, qdq_from_quantized, qua
 from utils.sparsity.ptq import calibration_batches, quantize_ptq
 
 IMGSZ = (320, 320)
-REF = "reference_onnx/yolov5n_pistols1cls_qat_int8_416.onnx"  # third-party SparseML QAT export, QLinearConv, uint8 input
+# third-party SparseML QAT export: QLinearConv, opset 11, uint8 pixel input, 1 class, 416 px
+REF = "reference_onnx/yolov5n_pistols1cls_qat_int8_416.onnx"
 # measured: ConvInteger vs QDQ max |diff| / max |output| = 2.9e-7 (float re-association of the rescale); the
 # QLinearConv reference converts bit-exactly (ORT fuses back to the same QLinearConv)
 REL_TOL = 1e-5
@@ -172,7 +173,8 @@ def test_openvino_runs_qdq_as_int8(qat_files, bus):
     a = _ort(qat_files[0]).run(None, {"images": bus})[0]
     m = match_detections(a, y)
     assert m["dets_torch"] >= 3 and m["dets_matched"] == m["dets_torch"] == m["dets_onnx"], m
-    convs = [op for op in cm.get_runtime_model().get_ops() if op.get_rt_info()["layerType"].astype(str) == "Convolution"]
+    ops = cm.get_runtime_model().get_ops()
+    convs = [op for op in ops if op.get_rt_info()["layerType"].astype(str) == "Convolution"]
     assert convs and all(op.get_rt_info()["runtimePrecision"].astype(str) in ("u8", "i8") for op in convs)
 
 
@@ -200,9 +202,11 @@ def test_int8_activations_per_channel_qlinearconv_move_to_uint8():
     w = rng.integers(-127, 128, (4, 3, 3, 3)).astype(np.int8)
     inits = [_const("xs", np.float32(0.02)), _const("xzp", np.int8(-5)), _const("w", w),
              _const("ws", rng.uniform(0.001, 0.01, 4).astype(np.float32)), _const("wzp", np.zeros(4, np.int8)),
-             _const("ys", np.float32(0.05)), _const("yzp", np.int8(3)), _const("b", rng.integers(-500, 500, 4, np.int32))]
+             _const("ys", np.float32(0.05)), _const("yzp", np.int8(3)),
+             _const("b", rng.integers(-500, 500, 4, np.int32))]
     nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xzp"], ["xq"]),
-             helper.make_node("QLinearConv", ["xq", "xs", "xzp", "w", "ws", "wzp", "ys", "yzp", "b"], ["yq"], pads=[1] * 4),
+             helper.make_node("QLinearConv", ["xq", "xs", "xzp", "w", "ws", "wzp", "ys", "yzp", "b"], ["yq"],
+                              pads=[1] * 4),
              helper.make_node("MaxPool", ["yq"], ["pq"], kernel_shape=[2, 2], strides=[2, 2]),
              helper.make_node("DequantizeLinear", ["pq", "ys", "yzp"], ["y"])]
     src = _model(nodes, inits, [1, 4, 4, 4])
@@ -212,7 +216,8 @@ def test_int8_activations_per_channel_qlinearconv_move_to_uint8():
     inits_out = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
     zps = [inits_out[n.input[2]] for n in out.graph.node
            if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.input[0] not in inits_out]
-    assert len(zps) == 4 and all(z.dtype == np.uint8 for z in zps) and sorted(int(z) for z in zps) == [123, 123, 131, 131]
+    assert len(zps) == 4 and all(z.dtype == np.uint8 for z in zps)
+    assert sorted(int(z) for z in zps) == [123, 123, 131, 131]  # -5 + 128, 3 + 128
     dq_w = next(n for n in out.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits_out)
     assert [a.i for a in dq_w.attribute if a.name == "axis"] == [0]
 
@@ -222,7 +227,8 @@ def test_convinteger_with_float_bias_after_mul():
     rng = np.random.default_rng(1)
     w = rng.integers(0, 256, (4, 3, 3, 3)).astype(np.uint8)
     comb = rng.uniform(1e-4, 1e-3, (1, 4, 1, 1)).astype(np.float32)
-    inits = [_const("xs", np.float32(1 / 255)), _const("xzp", np.uint8(0)), _const("w", w), _const("wzp", np.uint8(128)),
+    inits = [_const("xs", np.float32(1 / 255)), _const("xzp", np.uint8(0)), _const("w", w),
+             _const("wzp", np.uint8(128)),
              _const("comb", comb), _const("bias", rng.normal(0, 1, (1, 4, 1, 1)).astype(np.float32))]
     nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xzp"], ["xq"]),
              helper.make_node("ConvInteger", ["xq", "w", "xzp", "wzp"], ["acc"], pads=[1] * 4),
