@@ -8,7 +8,9 @@ import torch
 
 from utils.checkpoint import load_model
 from utils.sparsity.oneshot import prune_oneshot
-from utils.sparsity.ptq import calibration_batches, export_int8_onnx, quantize_ptq
+from utils.export.int8 import export_convinteger
+from utils.export.metadata import export_metadata
+from utils.sparsity.ptq import calibration_batches, quantize_ptq
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +75,8 @@ def test_int8_onnx_runs_in_onnxruntime_and_matches_fp32_detections(yolov5n, bus_
     import onnxruntime as ort
 
     im = cv2.imread(str(bus_jpg))
-    f = export_int8_onnx(yolov5n, tmp_path / "int8.onnx", (320, 320), 1, images=[im])
+    meta = export_metadata(yolov5n, (320, 320), 1, False, 0.0)
+    f = export_convinteger(yolov5n, tmp_path / "int8.onnx", (320, 320), 1, meta, images=[im])
     assert "ConvInteger" in {n.op_type for n in onnx.load(str(f)).graph.node}
     x = calibration_batches((320, 320), [im])[0].numpy()
     y = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0][0]

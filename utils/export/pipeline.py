@@ -19,6 +19,7 @@ from .int8 import INT8_FORMATS, calibration_images, export_convinteger, export_q
 from .metadata import checkpoint_recipe, export_metadata, model_sparsity
 from .openvino import export_openvino
 from .prepare import is_qat, prepare_model
+from .qat_qdq import export_qat_qdq
 from .qdq import DEFAULT_METHOD
 from .report import format_sizes, onnx_conv_sparsity, onnx_precision, size_table
 from .trace import DEFAULT_OPSET, export_onnx
@@ -55,9 +56,11 @@ def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), im
     tag = prune(model) if prune is not None else ""
     sparsity = model_sparsity(model)
     meta = export_metadata(model, hw, batch_size, dynamic, sparsity, checkpoint_recipe(model))
-    target = weights.with_name(f"{weights.stem}{tag}{weights.suffix}")
-    onnx_file = export_onnx(prepare_model(model), output_path(target, log=log), hw, batch_size, dynamic, opset, meta,
-                            simplify)
+    target = output_path(weights.with_name(f"{weights.stem}{tag}{weights.suffix}"), log=log)
+    if is_qat(model) and int8_format == "qdq":  # learned scales, written in the form every engine runs as INT8
+        onnx_file = export_qat_qdq(model, target, hw, batch_size, meta)
+    else:  # float, or a QAT model in SparseML's ConvInteger form (--int8-format convinteger, for DeepSparse)
+        onnx_file = export_onnx(prepare_model(model), target, hw, batch_size, dynamic, opset, meta, simplify)
     result: dict[str, Any] = {"files": [onnx_file], "sparsity": sparsity, "metadata": meta}
     log(f"export: wrote {onnx_file} ({describe(onnx_file)})")
     result["onnx_sparsity"] = onnx_conv_sparsity(onnx_file)["sparsity"]

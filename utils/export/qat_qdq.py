@@ -49,6 +49,9 @@ from torch import nn
 
 from utils.atomic import atomic_path
 
+from .prepare import is_qat, prepare_model
+from .trace import export_onnx, write_metadata
+
 MIN_OPSET = 13  # per-axis DequantizeLinear (per-channel weights and biases)
 SCHEME = "qdq from QAT (learned scales)"
 # ops that only move or select values: an int8 tensor through them stays the same quantized tensor
@@ -268,7 +271,6 @@ def _rewrite_convinteger(g: _Graph, node: onnx.NodeProto) -> tuple[list[onnx.Nod
 
 def _activation_int8_to_uint8(g: _Graph, nodes: list[onnx.NodeProto]) -> int:
     """Move int8 activations (Q/DQ with int8 zero points on computed tensors) to uint8: zero point + 128."""
-    producer = {o: n for n in nodes for o in n.output}
     consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
     for n in nodes:
         for i in n.input:
@@ -353,7 +355,7 @@ def qdq_from_quantized(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < MIN_OPSET:
-        from onnx import version_converter
+        from onnx import version_converter  # only for opset < 13 files (third-party exports)
 
         model = version_converter.convert_version(model, MIN_OPSET)
     else:
@@ -406,9 +408,6 @@ def quantized_conv_count(model: onnx.ModelProto) -> dict[str, int]:
 def export_qat_qdq(model: nn.Module, file: str | Path, imgsz: int | tuple[int, int] = 640, batch_size: int = 1,
                    metadata: dict[str, Any] | None = None) -> Path:
     """QAT model -> SparseML INT8 ONNX (the existing path) -> QDQ ONNX at `file`, written atomically."""
-    from .prepare import is_qat, prepare_model
-    from .trace import export_onnx, write_metadata
-
     if not is_qat(model):
         raise ValueError("export_qat_qdq needs a QAT model (FakeQuantize modules); "
                          "export float models with export_onnx")
