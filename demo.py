@@ -33,13 +33,16 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
+import benchmark  # noqa: E402
 import detect  # noqa: E402
 import prune  # noqa: E402
 import train  # noqa: E402
+import val  # noqa: E402
 import utils.sparsity.rebuild  # noqa: E402,F401  (registers sparse/QAT/channel checkpoint rebuilds)
 from utils import synthetic  # noqa: E402
 from utils.assets import asset  # noqa: E402
 from utils.checkpoint import load_model  # noqa: E402
+from utils.data_config import check_dataset  # noqa: E402
 from utils.export import export_weights  # noqa: E402
 from utils.sparsity.measure import global_sparsity  # noqa: E402
 from utils.cli import exit_on_user_error  # noqa: E402
@@ -101,6 +104,29 @@ def export_and_detect(weights: Path, data: Path, out: Path, imgsz: int) -> dict:
     return {"onnx": str(onnx_file), "onnx_sparsity": res["onnx_sparsity"], "detect_dir": str(save_dir)}
 
 
+def int8_and_speed(models: dict[str, tuple[Path, float]], data: Path, out: Path, imgsz: int,
+                   engines: tuple[str, ...] = ("onnxruntime", "openvino")) -> dict:
+    """The point of the project, measured: each model as FP32 and QDQ INT8 ONNX, its mAP50, and end-to-end batch-1
+    latency on production-licence engines (benchmark.py's pipeline), ratios to dense FP32 on ONNX Runtime."""
+    data_dict = check_dataset(str(data))
+    files, maps = {}, {}
+    for name, (weights, map50) in models.items():
+        fp32, int8 = export_weights(weights, imgsz=imgsz, int8=True, data=data_dict, calib_images=64,
+                                    log=LOGGER.info)["files"][:2]
+        files[f"{name} FP32"], files[f"{name} INT8"] = fp32, int8
+        maps[f"{name} FP32"] = map50
+        maps[f"{name} INT8"] = val.run(data=str(data), weights=str(int8), imgsz=imgsz, batch_size=1, workers=2,
+                                       engine="onnxruntime", project=str(out), name=f"val_{int8.stem}",
+                                       exist_ok=True, plots=False)["map50"]
+    res = benchmark.run(weights=[str(f) for f in files.values()], engines=list(engines), batch_size=[1],
+                        imgsz=[imgsz], source=str(data.parent / "images" / "val"), warmup=10, time_s=3.0,
+                        project=str(out), name="speed", exist_ok=True)
+    ms = {(r["variant"].split(" ")[0], r["engine"]): r["ms_mean"] for r in res["rows"] if r["status"] == "ok"}
+    stems = {name: Path(f).stem for name, f in files.items()}
+    table = [{"model": name, "map50": maps[name], **{e: ms.get((stems[name], e)) for e in engines}} for name in files]
+    return {"rows": table, "engines": list(engines), "imgsz": imgsz, "speed_dir": str(out / "speed")}
+
+
 def row(stage: str, epochs: int, weights: Path, sparsity: float, m: dict, seconds: float) -> dict:
     """One line of the summary table; epochs = training epochs this model got on the shapes set."""
     return {"stage": stage, "epochs": epochs, "sparsity": round(float(sparsity), 4),
@@ -124,30 +150,36 @@ def totals(t0: float, cpu0: float, load0: tuple[float, float, float]) -> dict:
 
 def run(out: str = "runs/demo", dataset: str = "datasets/shapes", imgsz: int = 128, epochs: int = 6,
         prune_epochs: int = 4, sparsity: float = 0.7, n_train: int = 1500, n_val: int = 100, batch_size: int = 16,
-        oneshot_levels: tuple[float, ...] | list[float] = (0.3, 0.5, 0.7), export: bool = True) -> dict:
+        oneshot_levels: tuple[float, ...] | list[float] = (0.3, 0.5, 0.7), export: bool = True,
+        speed: bool = True) -> dict:
     """The whole job; returns (and saves) the summary: one row per model, plus timings and load."""
     out = increment_path(Path(out), mkdir=True)
     t0, cpu0, load0 = time.perf_counter(), cpu_seconds(), os.getloadavg()
     s: dict = {"out": str(out), "rows": [], "seconds": {}}
-    with timed(s, "dataset", "1/5 synthetic dataset"):
+    with timed(s, "dataset", "1/6 synthetic dataset"):
         data = make_dataset(Path(dataset), imgsz, n_train, n_val)
-    with timed(s, "dense", "2/5 fine-tune yolov5n.pt (dense)"):
+    with timed(s, "dense", "2/6 fine-tune yolov5n.pt (dense)"):
         dense, m = train_stage(data, asset("weights/yolov5n.pt"), out, "train", imgsz, epochs, batch_size)
     s["rows"].append(row("dense yolov5n", epochs, dense, measured_sparsity(dense), m, s["seconds"]["dense"]))
     if oneshot_levels:
-        with timed(s, "oneshot", "3/5 one-shot global magnitude pruning of the dense model (no fine-tuning)"):
+        with timed(s, "oneshot", "3/6 one-shot global magnitude pruning of the dense model (no fine-tuning)"):
             sweep = oneshot(data, dense, out, imgsz, list(oneshot_levels))
         each = s["seconds"]["oneshot"] / len(sweep)
         s["rows"] += [row(f"one-shot {r['target']:.0%}", epochs, dense, r["sparsity"], r, each) for r in sweep]
-    with timed(s, "prune", f"4/5 pruning recipe {RECIPE.name}: GMP to {sparsity:.0%} while fine-tuning"):
+    with timed(s, "prune", f"4/6 pruning recipe {RECIPE.name}: GMP to {sparsity:.0%} while fine-tuning"):
         args = json.dumps({"num_epochs": prune_epochs, "final_sparsity": sparsity})
         pruned, m = train_stage(data, dense, out, "prune", imgsz, prune_epochs, batch_size, recipe=str(RECIPE),
                                 recipe_args=args)
     s["rows"].append(row(f"GMP {sparsity:.0%} + fine-tune", epochs + prune_epochs, pruned,
                          measured_sparsity(pruned), m, s["seconds"]["prune"]))
     if export:
-        with timed(s, "export_detect", "5/5 export the pruned model to ONNX and detect with ONNX Runtime"):
+        with timed(s, "export_detect", "5/6 export the pruned model to ONNX and detect with ONNX Runtime"):
             s["export"] = export_and_detect(pruned, data, out, imgsz)
+    if speed:
+        with timed(s, "speed", "6/6 INT8 (QDQ) export, mAP and end-to-end speed on ONNX Runtime and OpenVINO"):
+            s["speed"] = int8_and_speed({"dense": (dense, s["rows"][0]["map50"]),
+                                         f"pruned{sparsity * 100:.0f}": (pruned, s["rows"][-1]["map50"])},
+                                        data, out, imgsz)
     s["total"] = totals(t0, cpu0, load0)
     save_summary(s, out)
     print_summary(s)
@@ -173,11 +205,31 @@ def print_summary(s: dict) -> None:
     if "export" in s:
         LOGGER.info(f"ONNX (sparsity {s['export']['onnx_sparsity']:.3f}): {s['export']['onnx']}  "
                     f"detections: {s['export']['detect_dir']}")
+    if "speed" in s:
+        LOGGER.info(speed_text(s["speed"]))
     t = s["total"]
     LOGGER.info(f"time per step (s): {s['seconds']}")
     LOGGER.info(f"total {t['wall_s'] / 60:.1f} min wall, {t['cpu_s'] / 60:.1f} min CPU "
                 f"(load average {t['load_start'][0]:.1f} at start, {t['load_end'][0]:.1f} at end)")
     LOGGER.info(f"everything is in {s['out']} (summary.csv, summary.json)")
+
+
+def speed_text(sp: dict) -> str:
+    """The speed table and the one-line conclusion: the fastest model that keeps >= 95% of dense mAP50."""
+    engines, rows = sp["engines"], sp["rows"]
+    base = rows[0]["onnxruntime"] or float("nan")  # dense FP32 on ONNX Runtime
+    head = f"{'model':<16}{'mAP50':>7}{'% dense':>9}" + "".join(f"{e + ' ms':>22}" for e in engines)
+    lines = [f"\nend to end, batch 1, {sp['imgsz']} px (pre-process + engine + NMS); ratio to dense FP32 on "
+             f"onnxruntime", head]
+    for r in rows:
+        cells = "".join(f"{r[e]:>13.2f} ({base / r[e]:>4.2f}x)" if r[e] else f"{'-':>22}" for e in engines)
+        lines.append(f"{r['model']:<16}{r['map50']:>7.3f}{r['map50'] / rows[0]['map50']:>9.0%}" + cells)
+    keep = [(r, e) for r in rows for e in engines if r[e] and r["map50"] >= 0.95 * rows[0]["map50"]]
+    if keep:
+        r, e = min(keep, key=lambda x: x[0][x[1]])
+        lines.append(f"conclusion: {r['model']}: {r['map50']:.3f} mAP50 ({r['map50'] / rows[0]['map50']:.0%} of "
+                     f"dense), {base / r[e]:.2f}x faster end to end on {e} than dense FP32 on onnxruntime")
+    return "\n".join(lines)
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
@@ -194,6 +246,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--oneshot", dest="oneshot_levels", type=float, nargs="*", default=[0.3, 0.5, 0.7],
                    help="one-shot global sparsity levels to compare with (no values: skip)")
     p.add_argument("--no-export", dest="export", action="store_false", help="skip ONNX export and detect")
+    p.add_argument("--no-speed", dest="speed", action="store_false",
+                   help="skip the INT8 export and the speed table on ONNX Runtime and OpenVINO")
     opt = p.parse_args(argv)
     if not 0 < opt.sparsity < 1 or opt.epochs < 1 or opt.prune_epochs < 2:
         p.error("need 0 < --sparsity < 1, --epochs >= 1 and --prune-epochs >= 2")

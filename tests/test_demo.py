@@ -15,7 +15,7 @@ import demo
 @pytest.mark.slow
 def test_demo_pipeline_toy_scale(tmp_path: Path) -> None:
     s = demo.run(out=str(tmp_path / "demo"), dataset=str(tmp_path / "shapes"), imgsz=64, epochs=1, prune_epochs=2,
-                 sparsity=0.5, oneshot_levels=(0.5,), n_train=32, n_val=8, batch_size=16)
+                 sparsity=0.5, oneshot_levels=(0.5,), n_train=32, n_val=8, batch_size=16, speed=False)
     out = Path(s["out"])
     stages = [r["stage"] for r in s["rows"]]
     assert stages == ["dense yolov5n", "one-shot 50%", "GMP 50% + fine-tune"]
@@ -38,7 +38,7 @@ def test_demo_pipeline_toy_scale(tmp_path: Path) -> None:
 def test_cli_defaults_and_bad_values() -> None:
     opt = demo.parse_opt([])
     assert (opt.imgsz, opt.epochs, opt.prune_epochs, opt.sparsity) == (128, 6, 4, 0.7)
-    assert (opt.oneshot_levels, opt.export) == ([0.3, 0.5, 0.7], True)
+    assert (opt.oneshot_levels, opt.export, opt.speed) == ([0.3, 0.5, 0.7], True, True)
     opt = demo.parse_opt(["--img", "96", "--oneshot", "--no-export", "--prune-epochs", "3"])
     assert (opt.imgsz, opt.oneshot_levels, opt.export, opt.prune_epochs) == (96, [], False, 3)
     for bad in (["--sparsity", "1.5"], ["--prune-epochs", "1"], ["--epochs", "0"]):
@@ -78,3 +78,22 @@ def test_summary_files_and_table(tmp_path: Path) -> None:
     text = "\n".join(lines)
     assert "GMP 60% + fine-tune 10 0.600 0.930 0.660 5.0" in " ".join(text.split())
     assert "1.5 min wall, 2.5 min CPU" in text
+
+
+@pytest.mark.slow
+@pytest.mark.native_engines
+def test_demo_speed_step_int8_map_and_table(tmp_path: Path) -> None:
+    """Step 6: FP32 + QDQ INT8 per model, mAP50 of each, batch-1 end-to-end ms on ORT and OpenVINO, a conclusion."""
+    from models.yolo import DetectionModel
+    from utils import synthetic
+    from utils.checkpoint import save_checkpoint
+
+    data = synthetic.run(out=tmp_path / "shapes", n_train=16, n_val=8, imgsz=64, seed=0)
+    names = yaml.safe_load(data.read_text())["names"]
+    weights = save_checkpoint(tmp_path / "w.pt", DetectionModel("models/yolov5n.yaml", nc=len(names)), names=names)
+    sp = demo.int8_and_speed({"dense": (weights, 0.5)}, data, tmp_path, 64)
+    assert [r["model"] for r in sp["rows"]] == ["dense FP32", "dense INT8"]
+    assert all(r["onnxruntime"] > 0 and r["openvino"] > 0 for r in sp["rows"])
+    assert sp["rows"][0]["map50"] == 0.5 and 0 <= sp["rows"][1]["map50"] <= 1  # FP32 from training, INT8 measured
+    text = demo.speed_text(sp)
+    assert "dense INT8" in text and "x)" in text and "onnxruntime ms" in text

@@ -394,7 +394,8 @@ def quantize_qdq(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]],
     q.CopyFrom(model)
     del q.graph.node[:]
     q.graph.node.extend(nodes)
-    keep = [t for t in graph.initializer if t.name not in drop_inits]
+    used = {i for n in nodes for i in n.input}  # an initializer the exporter shares (Identity) stays for its readers
+    keep = [t for t in graph.initializer if t.name not in drop_inits or t.name in used]
     del q.graph.initializer[:]
     q.graph.initializer.extend(keep + b.inits)
     onnx.checker.check_model(q)
