@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import onnx
 import torch
 import torch.ao.quantization
 import torch.quantization
@@ -153,10 +154,19 @@ def test_sparseml_exporter_accepts_its_kwargs(tmp_path):
     compat.import_sparseml()
     from sparseml.pytorch.utils import ModuleExporter
 
-    ModuleExporter(tiny_model().eval(), str(tmp_path)).export_onnx(
-        torch.randn(1, 3, 16, 16), name="tiny.onnx", **compat.onnx_export_kwargs(for_sparseml=True)
-    )
-    assert (tmp_path / "tiny.onnx").stat().st_size > 0
+    model = tiny_model().eval()
+    x = torch.randn(1, 3, 16, 16)
+    ModuleExporter(model, str(tmp_path)).export_onnx(x, name="tiny.onnx",
+                                                     **compat.onnx_export_kwargs(opset=13, for_sparseml=True))
+    proto = onnx.load(str(tmp_path / "tiny.onnx"))
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == 13  # our opset reached it
+    assert {"Conv"} <= {n.op_type for n in proto.graph.node}
+    import onnxruntime as ort  # the file computes what the model computes
+
+    y = ort.InferenceSession(str(tmp_path / "tiny.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {proto.graph.input[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        assert abs(y - model(x).numpy()).max() < 1e-5
 
 
 def test_missing_sparseml_gives_a_clear_message(monkeypatch):

@@ -70,12 +70,25 @@ def test_plot_results_writes_png_with_extra_columns(tmp_path):
     assert out == tmp_path / "results.png"
     png = cv2.imread(str(out))
     assert png is not None and png.shape[1] > png.shape[0]  # 3 rows x 5 panels is wider than tall
+    # the data is drawn: other values give another picture, the same values the same one
+    other = tmp_path / "b" / "results.csv"
+    other.parent.mkdir()
+    flipped = [", ".join(f"{v:.5f}" for v in [e, *(1 - rng.random(len(RESULTS_COLUMNS) - 1))]) for e in range(6)]
+    other.write_text(",".join(f"{c:>20s}" for c in RESULTS_COLUMNS) + "\n" + "\n".join(flipped) + "\n")
+    assert cv2.imread(str(plot_results(other))).shape == png.shape
+    assert (cv2.imread(str(plot_results(other))) != png).any(axis=-1).sum() > 500
+    assert (cv2.imread(str(plot_results(csv))) == png).all()
 
 
 def test_plot_xy_writes_png(tmp_path):
     out = plot_xy([0, 0.5, 0.75, 0.9], [[0.5, 0.49, 0.47, 0.40], [0.5, 0.5, 0.48, 0.44]], ["gmp", "oBERT"],
                   "sparsity", "mAP@0.5", tmp_path / "sub" / "map_vs_sparsity.png")
-    assert cv2.imread(str(out)) is not None
+    img = cv2.imread(str(out))
+    assert img is not None
+    colored = (img.max(-1).astype(int) - img.min(-1)) > 60  # line pixels; axes, text and background are grey
+    assert colored.sum() > 300
+    hues = {tuple(int(c) // 64 for c in px) for px in img[colored]}
+    assert len(hues) >= 2  # two curves, two colours
     assert cv2.imread(str(plot_xy([1, 2], [3, 4], file=tmp_path / "one.png"))) is not None
 
 
