@@ -22,7 +22,7 @@ from utils.augmentations import check_img_size  # noqa: E402
 import utils.sparsity.rebuild  # noqa: E402,F401  (registers sparse/QAT/channel checkpoint rebuilds)
 from utils.sparsity.zoo import weights_path  # noqa: E402
 from utils.data_config import names_for_model  # noqa: E402
-from utils.cli import check_options, exit_on_user_error, warn_unknown_classes  # noqa: E402
+from utils.cli import check_options, exit_on_user_error, warn_fixed_imgsz, warn_unknown_classes  # noqa: E402
 from utils.detect_output import DetectionWriter, summary  # noqa: E402
 from utils.engines import ENGINES, load_engine  # noqa: E402
 from utils.files import increment_path  # noqa: E402
@@ -46,6 +46,7 @@ def run(weights: str = "yolov5n.pt", source: str | None = None, imgsz: int | lis
                       num_threads=threads)
     if data:  # a file without class names (e.g. a third-party ONNX) shows class0..; the data yaml has the real ones
         eng.names = names_for_model(data, eng.names)
+    warn_fixed_imgsz(imgsz, eng.imgsz, weights)
     imgsz = check_img_size(list(eng.imgsz or imgsz), s=eng.stride)
     predictor = Predictor(eng, tuple(imgsz), conf_thres, iou_thres, classes, agnostic_nms, max_det)
     eng.warmup()  # first call pays for allocation; keep it out of the reported times

@@ -20,7 +20,7 @@ if str(ROOT) not in sys.path:
 from utils.augmentations import check_img_size  # noqa: E402
 import utils.sparsity.rebuild  # noqa: E402,F401  (registers sparse/QAT/channel checkpoint rebuilds)
 from utils.sparsity.zoo import weights_path  # noqa: E402
-from utils.cli import check_model_classes, check_options, exit_on_user_error  # noqa: E402
+from utils.cli import check_model_classes, check_options, exit_on_user_error, warn_fixed_imgsz  # noqa: E402
 from utils.data_config import check_dataset  # noqa: E402
 from utils.engines import ENGINES, load_engine  # noqa: E402
 from utils.evaluate import evaluate, val_dataloader  # noqa: E402
@@ -43,6 +43,7 @@ def run(data: str = "data/coco128.yaml", weights: str = "yolov5n.pt", batch_size
     eng = load_engine(weights, engine, batch_size=batch_size, imgsz=imgsz, device=device, num_threads=threads)
     check_model_classes(eng.names, data_dict, weights, single_cls)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)  # only once the weights load
+    warn_fixed_imgsz(imgsz, eng.imgsz, weights)
     imgsz = eng.imgsz[0] if eng.imgsz else check_img_size(imgsz, s=eng.stride)
     rect = eng.dynamic if rect is None else rect and eng.dynamic
     loader, dataset = val_dataloader(data_dict, task, imgsz, batch_size, eng.stride, rect, workers, single_cls)

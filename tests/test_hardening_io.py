@@ -134,3 +134,15 @@ def test_openvino_export_and_detect_send_no_telemetry(tmp_path: Path, yolov5n_pt
     subprocess.run([sys.executable, "-c", f"import openvino as ov; ov.convert_model({str(tmp_path / 'yolov5n.onnx')!r})"],
                    env={**os.environ, "HOME": str(raw_home)}, check=True, capture_output=True, timeout=300)
     assert [p for p in raw_home.rglob("*") if "intel" in p.name.lower()]
+
+
+def test_static_file_size_overrides_imgsz_with_one_warning(tmp_path: Path, yolov5n_pt: Path, bus_jpg: Path,
+                                                           project_log) -> None:
+    """detect on a 160x160 static ONNX with --imgsz 640 runs at 160 and says so once (was: silent)."""
+    import detect
+
+    model = prepare_model(load_model(yolov5n_pt))
+    f = export_onnx(model, tmp_path / "m160.onnx", 160)
+    detect.run(weights=str(f), source=str(bus_jpg), imgsz=[640, 640], project=str(tmp_path), name="d", nosave=True)
+    lines = sorted({r.getMessage() for r in project_log.records if "ignored" in r.getMessage()})
+    assert len(lines) == 1 and "--imgsz 640x640 ignored" in lines[0] and "fixed 160x160 input" in lines[0]

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import sys
 from collections.abc import Iterable, Iterator
 
+from utils.logger import LOGGER
 from utils.torch_utils import select_device
 
 USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError)
@@ -51,10 +51,19 @@ def warn_unknown_classes(classes: list[int] | None, names: list[str]) -> None:
     """--classes ids the model does not have would silently filter out every detection: say so in one line."""
     unknown = [c for c in classes or [] if not 0 <= c < len(names)]
     if unknown and names:
-        logging.getLogger("yolov5-sparse").warning(
+        LOGGER.warning(
             f"WARNING ⚠️ --classes {' '.join(map(str, unknown))}: not classes of this model "
             f"(ids 0-{len(names) - 1}); "
             f"they match no detection")
+
+
+def warn_fixed_imgsz(requested: int | list[int] | tuple[int, ...], fixed: tuple[int, int] | None, file: str) -> None:
+    """A static-shape file runs at its own size whatever --imgsz says: one line, so the user knows which size ran."""
+    req = [requested] * 2 if isinstance(requested, int) else list(requested) * (2 if len(requested) == 1 else 1)
+    if fixed and tuple(req[:2]) != tuple(fixed):
+        LOGGER.warning(
+            f"WARNING ⚠️ --imgsz {req[0]}x{req[1]} ignored: {file} has a fixed {fixed[0]}x{fixed[1]} input; running "
+            f"at {fixed[0]}x{fixed[1]} (re-export with --imgsz or --dynamic to change it)")
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
