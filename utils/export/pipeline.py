@@ -118,6 +118,10 @@ def ultralytics_file(model: nn.Module, weights: Path, tag: str, log=print) -> Pa
     file = export_ultralytics(model, target, model.names, opt={"weights": weights.name})
     log(f"export: wrote {file} (Ultralytics YOLOv5 checkpoint: a pickle, fp16; load it with Ultralytics' "
         f"attempt_load/detect.py/val.py; it runs code when loaded, so share it only with people who trust you)")
+    if (getattr(model, "yaml", None) or {}).get("channel_widths"):
+        log("export: channel-pruned: Ultralytics' detect.py/val.py/attempt_load run it as pruned (the pickle keeps the "
+            "layer shapes), but its train.py --weights rebuilds the full-width model from the yaml and keeps only the "
+            "tensors that still fit; fine-tune it with this repo's train.py")
     return file
 
 
