@@ -5,6 +5,7 @@ Usage:
     python export.py --weights yolov5n.pt --include onnx openvino         # + yolov5n_openvino_model/
     python export.py --weights best.pt --imgsz 320 --batch-size 1 --dynamic --opset 13
     python export.py --weights best.pt --int8 --data my.yaml      # + best_int8.onnx (QDQ, calibrated on 128 images)
+    python export.py --weights best.pt --include ultralytics       # best_ultralytics.pt for Ultralytics' own tools
 
 One-shot pruning is prune.py's job (export its .pt); export.py's old --sparsity/--channel-prune flags still work for
 now and print the prune.py command to use instead.
@@ -35,7 +36,7 @@ from utils.export.pipeline import check_int8_options  # noqa: E402
 from utils.export.qdq import DEFAULT_METHOD, METHODS as QDQ_METHODS  # noqa: E402
 from utils.sparsity import deprecated  # noqa: E402
 
-FORMATS = ("onnx", "openvino")
+FORMATS = ("onnx", "openvino", "ultralytics")
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,7 +72,7 @@ def run(weights: str = "yolov5n.pt", imgsz: list[int] | int = (640,), batch_size
         opset: int = DEFAULT_OPSET, verify_strict: bool = False, int8: bool = False, data: str | None = None,
         calib_images: int = 128, int8_format: str = "qdq", calib_method: str = DEFAULT_METHOD,
         allow_download_code: bool = False, prune: Callable[[nn.Module], str] | None = None) -> list[Path]:
-    """Export and return the written paths (ONNX file first); `prune` edits the loaded model first (old flags)."""
+    """Export and return the written paths (ONNX file first, unless only ultralytics); `prune` edits the model first."""
     include = tuple(f.lower() for f in include)
     unknown = [f for f in include if f not in FORMATS]
     if unknown:

@@ -23,6 +23,7 @@ from .qat_qdq import export_qat_qdq
 from .qdq import DEFAULT_METHOD
 from .report import format_sizes, onnx_conv_sparsity, onnx_precision, size_table
 from .trace import DEFAULT_OPSET, export_onnx
+from .ultralytics import check_ultralytics, export_ultralytics
 from .verify import verification_batches, verify_line, verify_many
 
 
@@ -47,6 +48,8 @@ def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), im
     (yolov5n_obc50.onnx) so a pruned export never overwrites the dense one.
     int8: also write <stem>_int8.onnx, post-training from `calib_images` images of `data` (QDQ by default; a QAT
     checkpoint is INT8 already: its file is the INT8 one). With `data`, verification uses the dataset's images.
+    "ultralytics" in include: also write <stem>_ultralytics.pt in Ultralytics YOLOv5's own (pickled) layout; alone,
+    with no --int8, it is the only file written.
     """
     check_int8_options(int8, data, int8_format, dynamic)
     images = calibration_images(data, max(calib_images, verify_images)) if data else []  # before writing anything
@@ -56,6 +59,13 @@ def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), im
     tag = prune(model) if prune is not None else ""
     sparsity = model_sparsity(model)
     meta = export_metadata(model, hw, batch_size, dynamic, sparsity, checkpoint_recipe(model))
+    if "ultralytics" in include:
+        check_ultralytics(model)  # refuse (QAT, foreign layers) before anything is written
+        if not int8 and not {"onnx", "openvino"} & set(include):
+            result = {"files": [ultralytics_file(model, weights, tag, log)], "sparsity": sparsity, "metadata": meta}
+            result["sizes"] = size_table([weights, *result["files"]])
+            log(format_sizes(result["sizes"]))
+            return result
     target = output_path(weights.with_name(f"{weights.stem}{tag}{weights.suffix}"), log=log)
     if is_qat(model) and int8_format == "qdq":  # learned scales, written in the form every engine runs as INT8
         onnx_file = export_qat_qdq(model, target, hw, batch_size, meta)
@@ -95,9 +105,24 @@ def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), im
             ov_dir = export_openvino(f, {**meta, **extra})
             result["files"].append(ov_dir)
             log(f"export: wrote {ov_dir}/ (OpenVINO IR, {'INT8 (QDQ)' if '_int8' in f.stem else 'f32'} weights)")
+    if "ultralytics" in include:
+        result["files"].append(ultralytics_file(model, weights, tag, log))
     result["sizes"] = size_table([weights, *result["files"]])
     log(format_sizes(result["sizes"]))
     return result
+
+
+def ultralytics_file(model: nn.Module, weights: Path, tag: str, log=print) -> Path:
+    """<stem><tag>_ultralytics.pt next to the weights (or runs/export/exp*/), in Ultralytics YOLOv5's layout."""
+    target = output_path(weights.with_name(f"{weights.stem}{tag}_ultralytics.pt"), ".pt", log=log)
+    file = export_ultralytics(model, target, model.names, opt={"weights": weights.name})
+    log(f"export: wrote {file} (Ultralytics YOLOv5 checkpoint: a pickle, fp16; load it with Ultralytics' "
+        f"attempt_load/detect.py/val.py; it runs code when loaded, so share it only with people who trust you)")
+    if (getattr(model, "yaml", None) or {}).get("channel_widths"):
+        log("export: channel-pruned: Ultralytics' detect.py/val.py/attempt_load run it as pruned (the pickle keeps the "
+            "layer shapes), but its train.py --weights rebuilds the full-width model from the yaml and keeps only the "
+            "tensors that still fit; fine-tune it with this repo's train.py")
+    return file
 
 
 def dataset_name(data: str | dict | None) -> str:
