@@ -141,21 +141,26 @@ QAT_MARKER = ".fake_quant_enabled"
 def compact_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """fp16 weights for finished files (half the bytes, as Ultralytics' strip_optimizer), never changing sparsity.
 
-    A tensor stays float32 when the cast would turn a nonzero into a zero (below fp16's 6e-8) or a finite value
-    into inf; QAT state dicts stay float32 whole (see QAT_MARKER). load_checkpoint converts back to float32.
+    QAT state dicts stay float32 whole (see QAT_MARKER). load_checkpoint converts back to float32.
     """
     if any(k.endswith(QAT_MARKER) for k in sd):
         return dict(sd)
-    return {k: _half_if_exact_zeros(v) for k, v in sd.items()}
+    return {k: _half_keeping_zeros(v) for k, v in sd.items()}
 
 
-def _half_if_exact_zeros(v: torch.Tensor) -> torch.Tensor:
-    """fp16 copy when zeros stay exactly the zeros and finite values stay finite; else the tensor as it is."""
+FP16_TINIEST = 2.0 ** -24  # smallest positive fp16 (subnormal)
+
+
+def _half_keeping_zeros(v: torch.Tensor) -> torch.Tensor:
+    """fp16 copy whose zeros are exactly v's zeros: a nonzero below fp16's range (|v| < 3e-8, a few per model)
+    becomes +-2**-24 instead of 0. A tensor with values beyond fp16's 65504 stays as it is."""
     if v.dtype != torch.float32:
         return v
     h = v.half()
-    same = torch.equal(h == 0, v == 0) and torch.equal(torch.isfinite(h), torch.isfinite(v))
-    return h if same else v
+    if not torch.equal(torch.isfinite(h), torch.isfinite(v)):
+        return v
+    underflow = (h == 0) & (v != 0)
+    return torch.where(underflow, (torch.sign(v) * FP16_TINIEST).half(), h) if bool(underflow.any()) else h
 
 
 def drop_tensors(obj: Any) -> Any:
