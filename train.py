@@ -32,6 +32,7 @@ from utils.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 import utils.sparsity.rebuild  # noqa: E402,F401  (registers sparse/QAT/channel checkpoint rebuilds)
 from utils.sparsity.zoo import weights_path  # noqa: E402
 from utils.data_config import DatasetError  # noqa: E402
+from utils.loggers import TrainLogger  # noqa: E402
 from utils.train_utils import increment_path, latest_run  # noqa: E402
 from utils.sparsity.channel.training import ChannelLayoutCallback  # noqa: E402
 from utils.sparsity.manager import SparseStartWarning, SparsificationCallback  # noqa: E402
@@ -165,7 +166,8 @@ def main(opt: argparse.Namespace, callbacks: list[Callback] | None = None) -> di
     if opt.threads:  # after init_distributed, whose per-process share of the cores it overrides
         torch.set_num_threads(opt.threads)
     # a channel-pruned checkpoint is rebuilt at its own widths before its weights load (no-op for any other)
-    callbacks = list(callbacks or []) + [ChannelLayoutCallback()] + sparsification_callbacks(opt)
+    # the logger goes last: it sees what the recipe callback adds to each epoch's metrics (x/phase)
+    callbacks = list(callbacks or []) + [ChannelLayoutCallback()] + sparsification_callbacks(opt) + [TrainLogger()]
     try:
         return Trainer(opt, opt.hyp, callbacks).setup().fit()
     finally:

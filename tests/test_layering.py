@@ -18,7 +18,7 @@ SCRIPTS = ("train", "val", "detect", "export", "benchmark", "demo", "prune")
 # lowest first: models + checkpoint I/O + small helpers (0) < engines (1) < sparsity, export, trainer, benchmark (2)
 # < scripts (3). Anything under utils/ not named here is a layer-0 helper.
 LAYERS = {"utils.engines": 1, "utils.sparsity": 2, "utils.export": 2, "utils.trainer": 2, "utils.benchmark": 2,
-          "utils.callbacks": 2, "utils.val_outputs": 2, "utils.evaluate": 2, "utils.predict": 2}
+          "utils.callbacks": 2, "utils.loggers": 2, "utils.val_outputs": 2, "utils.evaluate": 2, "utils.predict": 2}
 # Modules whose job is to pick an optional heavy package at call time; their imports need no further comment.
 HEAVY = ("openvino", "deepsparse", "sparseml", "sparsezoo", "onnxsim", "onnxruntime", "matplotlib", "pycocotools",
          "tensorboard", "torch.distributed", "scipy")

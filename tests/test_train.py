@@ -211,12 +211,13 @@ def common_args(data: Path, weights: Path, project: Path, imgsz: int = 160, epoc
 
 
 def trained_params(before: Path, after: Path) -> tuple[int, int]:
-    """(changed, total) float parameter tensors between two checkpoints' models: buffers (BN statistics, anchors)
-    move without a single optimizer step, so only nn.Parameters tell that training trained."""
+    """(changed, total) conv weight tensors between two checkpoints' models: buffers (BN statistics, anchors)
+    move without a single optimizer step, so only nn.Parameters tell that training trained; and of those only the
+    conv weights, since a finished file is fp16, where a few warm-up steps' BN/bias updates round back to the start."""
     from utils.checkpoint import load_model
     ref = load_model(before)
     new = torch.load(after, map_location="cpu", weights_only=True)["model"]
-    names = [k for k, _ in ref.named_parameters()]
+    names = [k for k, p in ref.named_parameters() if p.dim() == 4]
     ref_sd = ref.state_dict()
     assert names and all(k in new for k in names)
     return sum(not torch.equal(ref_sd[k].float(), new[k].float()) for k in names), len(names)

@@ -119,12 +119,57 @@ def _official_to_ours(ckpt: dict, path: Path) -> dict:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Checkpoint dict in our format, whichever kind the file is."""
+    """Checkpoint dict in our format, whichever kind the file is; weights always float32 (finished files are fp16)."""
     path = Path(path)
     ckpt = read_checkpoint(path)
-    if ckpt.get("format") == FORMAT:
-        return ckpt
-    return _official_to_ours(ckpt, path)
+    if ckpt.get("format") != FORMAT:
+        return _official_to_ours(ckpt, path)
+    if isinstance(ckpt.get("model"), dict):
+        ckpt["model"] = {k: v.float() if _is_half(v) else v for k, v in ckpt["model"].items()}
+    return ckpt
+
+
+def _is_half(v: Any) -> bool:
+    return isinstance(v, torch.Tensor) and v.dtype == torch.float16
+
+
+# A buffer every torch.ao FakeQuantize has: a state dict holding it is a QAT model, whose learned scales and
+# int8 rounding boundaries fp16 weights could move, so it stays float32.
+QAT_MARKER = ".fake_quant_enabled"
+
+
+def compact_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """fp16 weights for finished files (half the bytes, as Ultralytics' strip_optimizer), never changing sparsity.
+
+    QAT state dicts stay float32 whole (see QAT_MARKER). load_checkpoint converts back to float32.
+    """
+    if any(k.endswith(QAT_MARKER) for k in sd):
+        return dict(sd)
+    return {k: _half_keeping_zeros(v) for k, v in sd.items()}
+
+
+FP16_TINIEST = 2.0 ** -24  # smallest positive fp16 (subnormal)
+
+
+def _half_keeping_zeros(v: torch.Tensor) -> torch.Tensor:
+    """fp16 copy whose zeros are exactly v's zeros: a nonzero below fp16's range (|v| < 3e-8, a few per model)
+    becomes +-2**-24 instead of 0. A tensor with values beyond fp16's 65504 stays as it is."""
+    if v.dtype != torch.float32:
+        return v
+    h = v.half()
+    if not torch.equal(torch.isfinite(h), torch.isfinite(v)):
+        return v
+    underflow = (h == 0) & (v != 0)
+    return torch.where(underflow, (torch.sign(v) * FP16_TINIEST).half(), h) if bool(underflow.any()) else h
+
+
+def drop_tensors(obj: Any) -> Any:
+    """obj without its tensors (nested dicts/lists kept): SparseML masks are the zeros of the weights, not data."""
+    if isinstance(obj, dict):
+        return {k: drop_tensors(v) for k, v in obj.items() if not isinstance(v, torch.Tensor)}
+    if isinstance(obj, (list, tuple)):
+        return [drop_tensors(v) for v in obj if not isinstance(v, torch.Tensor)]
+    return obj
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,15 @@ from models.yolo import DetectionModel
 from utils.augmentations import make_divisible
 from utils.autoanchor import check_anchors
 from utils.callbacks import Callback, CallbackList
-from utils.checkpoint import CheckpointError, atomic_save, load_checkpoint, load_model, save_checkpoint
+from utils.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    compact_state_dict,
+    drop_tensors,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
 from utils.data_config import check_dataset
 from utils.dataloaders import create_dataloader
 from utils.evaluate import evaluate
@@ -554,11 +562,8 @@ class Trainer:
 
     def _truncate_results(self) -> None:
         """On resume drop csv rows of epochs that will be re-run (a kill can land between csv write and save)."""
-        if not (self.main and self.resume and self.csv.exists()):
-            return
-        lines = self.csv.read_text().splitlines(keepends=True)
-        keep = lines[:1] + [ln for ln in lines[1:] if ln.strip() and float(ln.split(",")[0]) < self.start_epoch]
-        self.csv.write_text("".join(keep))
+        if self.main and self.resume:
+            drop_rows_from_epoch(self.csv, self.start_epoch)
 
     # ------------------------------------------------------------------------------------------------ save
     def checkpoint_state(self) -> dict:
@@ -616,11 +621,27 @@ class Trainer:
         LOGGER.info(f"Results saved to {self.save_dir}")
 
 
+def drop_rows_from_epoch(csv: Path, epoch: int) -> None:
+    """Keep the header and the rows (epoch in column 0) before `epoch`: a resumed run writes the later ones again."""
+    if not csv.exists():
+        return
+    lines = csv.read_text().splitlines(keepends=True)
+    keep = lines[:1] + [ln for ln in lines[1:] if ln.strip() and float(ln.split(",")[0]) < epoch]
+    csv.write_text("".join(keep))
+
+
 def strip_training_state(path: str | Path) -> None:
-    """Keep weights + metadata only (like Ultralytics strip_optimizer, but fp32 so sparsity/QAT data stay exact)."""
+    """A finished run's file: weights (fp16 where exact, see compact_state_dict) + metadata, no resume-only state.
+
+    Callback state keeps its small values (phase, schedule) but not its tensors: the pruning masks SparseML stores
+    there are the zeros of the weights and doubled the file; loading derives them again from the weights.
+    """
     ckpt = load_checkpoint(path)
     for k in TRAINING_STATE_KEYS:
         ckpt.pop(k, None)
+    ckpt["model"] = compact_state_dict(ckpt["model"])
+    if ckpt.get("callbacks"):
+        ckpt["callbacks"] = drop_tensors(ckpt["callbacks"])
     atomic_save(ckpt, path)
     LOGGER.info(f"Optimizer stripped from {path}, {Path(path).stat().st_size / 1e6:.1f}MB")
 
