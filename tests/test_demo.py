@@ -91,9 +91,9 @@ def test_demo_speed_step_int8_map_and_table(tmp_path: Path) -> None:
     data = synthetic.run(out=tmp_path / "shapes", n_train=16, n_val=8, imgsz=64, seed=0)
     names = yaml.safe_load(data.read_text())["names"]
     weights = save_checkpoint(tmp_path / "w.pt", DetectionModel("models/yolov5n.yaml", nc=len(names)), names=names)
-    sp = demo.int8_and_speed({"dense": (weights, 0.5)}, data, tmp_path, 64)
+    sp = demo.int8_and_speed({"dense": (weights, 0.5)}, data, tmp_path, 64, speed_imgsz=96)
     assert [r["model"] for r in sp["rows"]] == ["dense FP32", "dense INT8"]
     assert all(r["onnxruntime"] > 0 and r["openvino"] > 0 for r in sp["rows"])
     assert sp["rows"][0]["map50"] == 0.5 and 0 <= sp["rows"][1]["map50"] <= 1  # FP32 from training, INT8 measured
     text = demo.speed_text(sp)
-    assert "dense INT8" in text and "x)" in text and "onnxruntime ms" in text
+    assert "dense INT8" in text and "x)" in text and "onnxruntime ms" in text and "batch 1, 96 px" in text
