@@ -267,22 +267,3 @@ def test_sweep_validates_dense_once_and_shares_pruning_with_recal(tmp_path):
     assert set(merged) == {"global", "layerwise"} and png.stat().st_size > 10_000
     assert [r["target"] for r in merged["global"]] == [0.0, 0.3, 0.6]
     assert merged["global"][2]["rel_map50"] == pytest.approx(res["global"][2]["rel_map50"], abs=1e-4)
-
-
-def test_bn_recalibrate_eval_uses_pooled_eval_mode_inputs():
-    """Stats are those of the inputs each BN sees at inference: first BN exactly, deeper ones after two passes."""
-    from utils.sparsity.oneshot import bn_recalibrate_eval
-
-    model = TinyYolo()
-    torch.manual_seed(4)
-    batches = [torch.rand(2, 3, 16, 16) for _ in range(3)]
-    assert bn_recalibrate_eval(model, batches, passes=3) == 3 and not model.training
-    x = torch.cat(batches)
-    with torch.no_grad():
-        y0 = model.model[0].conv(x)
-        y1 = model.model[1].conv(model.model[0](x))  # with the re-estimated first BN, in eval mode
-    for bn, y in ((model.model[0].bn, y0), (model.model[1].bn, y1)):
-        assert torch.allclose(bn.running_mean, y.mean(dim=(0, 2, 3)), atol=1e-5)
-        assert torch.allclose(bn.running_var, y.transpose(0, 1).flatten(1).var(1), rtol=1e-4, atol=1e-6)
-    with pytest.raises(ValueError, match="no image batches"):
-        bn_recalibrate_eval(model, [])

@@ -180,11 +180,6 @@ def _record_widths(model: nn.Module, changed: dict) -> None:
         layer.np = sum(p.numel() for p in layer.parameters())
 
 
-def conv_widths(model: nn.Module) -> dict[str, list[int]]:
-    return {n: [m.in_channels, m.out_channels] for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-
-
-@torch.no_grad()
 def apply_channel_widths(model: nn.Module, widths: dict | None = None) -> nn.Module:
     """Reshape a freshly built model to a pruned layout (model.yaml[WIDTHS_KEY]) so a pruned state_dict fits.
 
