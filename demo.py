@@ -42,6 +42,7 @@ import val  # noqa: E402
 import utils.sparsity.rebuild  # noqa: E402,F401  (registers sparse/QAT/channel checkpoint rebuilds)
 from utils import synthetic  # noqa: E402
 from utils.assets import asset  # noqa: E402
+from utils.benchmark.machine import FOREIGN_LOAD_WARN  # noqa: E402
 from utils.checkpoint import load_model  # noqa: E402
 from utils.data_config import check_dataset  # noqa: E402
 from utils.export import export_weights  # noqa: E402
@@ -131,8 +132,9 @@ def int8_and_speed(models: dict[str, tuple[Path, float]], data: Path, out: Path,
     ms = {(r["variant"].split(" ")[0], r["engine"]): r["ms_mean"] for r in res["rows"] if r["status"] == "ok"}
     table = [{"model": name, "map50": maps[name], **{e: ms.get((Path(f).stem, e)) for e in engines}}
              for name, f in timed.items()]
+    load = max((r.get("foreign_load") or 0.0 for r in res["rows"]), default=0.0)
     return {"rows": table, "engines": list(engines), "imgsz": imgsz, "speed_imgsz": speed_imgsz,
-            "speed_dir": str(out / "speed")}
+            "speed_dir": str(out / "speed"), "foreign_load": load}
 
 
 def row(stage: str, epochs: int, weights: Path, sparsity: float, m: dict, seconds: float) -> dict:
@@ -237,6 +239,9 @@ def speed_text(sp: dict) -> str:
         r, e = min(keep, key=lambda x: x[0][x[1]])
         lines.append(f"conclusion: {r['model']}: {r['map50']:.3f} mAP50 ({r['map50'] / rows[0]['map50']:.0%} of "
                      f"dense), {base / r[e]:.2f}x faster end to end on {e} than dense FP32 on onnxruntime")
+    if sp.get("foreign_load", 0.0) > FOREIGN_LOAD_WARN:
+        lines.append(f"WARNING: other processes used up to {sp['foreign_load']:.0%} of the CPUs while timing: these "
+                     f"ratios are unreliable, rerun on an idle machine")
     return "\n".join(lines)
 
 
