@@ -5,7 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.augmentations import letterbox, to_blob
+from utils.augmentations import canvas_to_blob, letterbox, letterbox_into, to_blob
+from utils.predict import Letterboxer
 
 
 def test_to_blob_matches_numpy_reference(bus_jpg, coco128_dir) -> None:
@@ -24,3 +25,33 @@ def test_to_blob_single_image_and_bad_input(bus_jpg) -> None:
     for bad in ([], [im, im[:64]], [im[:, :, 0]], [np.dstack([im, im[:, :, :1]])]):
         with pytest.raises(ValueError, match="one shape"):
             to_blob(bad)
+
+
+@pytest.mark.parametrize("name", ["bus.jpg", "zidane.jpg"])
+@pytest.mark.parametrize("shape", [(640, 640), (320, 320), (480, 640), (1080, 810)])
+def test_letterbox_into_canvas_equals_letterbox_and_blob(assets, name, shape) -> None:
+    """Issue 21: one resize into a reused canvas + one pass into the blob give exactly letterbox + to_blob."""
+    im0 = cv2.imread(str(assets / "images" / name))
+    ref, ratio, pad = letterbox(im0, shape, auto=False)
+    canvas = np.zeros((1, *shape, 3), np.uint8)
+    assert letterbox_into(im0, canvas[0]) == (ratio, pad)
+    assert np.array_equal(canvas[0], ref)
+    assert np.array_equal(canvas_to_blob(canvas), to_blob([ref]))  # bit-identical floats
+    u8 = canvas_to_blob(canvas, np.empty((1, 3, *shape), np.uint8))
+    assert np.array_equal(u8, ref[:, :, ::-1].transpose(2, 0, 1)[None])
+
+
+def test_letterboxer_reuses_buffers_and_matches_auto_letterbox(bus_jpg) -> None:
+    """Predictor's pre-processing (auto padding for dynamic engines included) equals letterbox + to_blob, in reused
+    buffers; a canvas of the wrong size is refused."""
+    im0, lb = cv2.imread(str(bus_jpg)), Letterboxer()
+    for auto in (True, False):
+        ref, ratio, pad = letterbox(im0, 640, auto=auto, stride=32)
+        x, meta = lb([im0], (640, 640), auto, 32)
+        assert np.array_equal(x, to_blob([ref])) and meta == [(ref.shape[:2], im0.shape[:2], (ratio, pad))]
+        assert lb([im0], (640, 640), auto, 32)[0] is x  # same buffer next call
+        u8, _ = lb([im0], (640, 640), auto, 32, np.uint8)
+        assert u8.dtype == np.uint8 and np.array_equal(u8, ref[:, :, ::-1].transpose(2, 0, 1)[None])
+    assert lb([im0], (640, 640), False, 32, slot=1)[0] is not lb([im0], (640, 640), False, 32, slot=0)[0]
+    with pytest.raises(ValueError, match="letterbox_shape"):
+        letterbox_into(im0, np.zeros((640, 608, 3), np.uint8), 640, auto=True)

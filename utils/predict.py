@@ -1,13 +1,14 @@
 """The one inference path: letterbox -> engine -> NMS -> boxes in original pixels. detect, val and benchmark share it."""
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from utils.augmentations import letterbox, to_blob
+from utils.augmentations import canvas_to_blob, letterbox_into, letterbox_shape
 from utils.boxes import scale_boxes
 from utils.engines.base import Engine
 from utils.nms import non_max_suppression
@@ -27,6 +28,44 @@ class Timings:
         return self.pre / n, self.infer / n, self.nms / n
 
 
+class Letterboxer:
+    """BGR HWC images -> the engine's NCHW RGB input, letterboxed straight into reused buffers.
+
+    Each image is resized once into a padded uint8 canvas (letterbox_into), then the batch is written in one pass
+    into a float32 [0, 1] blob, or a uint8 one for an engine whose graph takes uint8 (export --uint8-input), which
+    skips the float conversion. Identical values to letterbox + to_blob. Buffers are kept per (thread, slot, shape,
+    dtype): concurrent streams never share one, and a pipelined caller rotates `slot` so the batch the engine is
+    reading is not overwritten by the next one.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple, np.ndarray] = {}
+
+    def _buffer(self, key: tuple, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        key = (threading.get_ident(), *key, shape, np.dtype(dtype).str)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = np.empty(shape, dtype)
+        return buf
+
+    def __call__(self, images: list[np.ndarray], shape: tuple[int, int], auto: bool, stride: int,
+                 dtype: np.dtype = np.float32, slot: int = 0) -> tuple[np.ndarray, list[tuple]]:
+        """(batch, meta) where meta per image is (letterboxed (h, w), original (h, w), (ratio, pad))."""
+        if not images:
+            raise ValueError("no images to pre-process")
+        h, w = letterbox_shape(images[0].shape[:2], shape, auto, stride=stride) if auto else tuple(shape)
+        canvas = self._buffer(("canvas",), (len(images), h, w, 3), np.uint8)
+        meta = []
+        for im0, c in zip(images, canvas):
+            if im0.ndim != 3 or im0.shape[2] != 3:
+                raise ValueError(f"expected BGR images (H, W, 3); got shape {im0.shape}")
+            ratio, pad = letterbox_into(im0, c, shape, auto=auto, stride=stride)
+            meta.append(((h, w), im0.shape[:2], (ratio, pad)))
+        out_dtype = np.uint8 if np.dtype(dtype) == np.uint8 else np.float32
+        out = self._buffer(("blob", slot), (len(images), 3, h, w), out_dtype)
+        return canvas_to_blob(canvas, out), meta
+
+
 @dataclass
 class Predictor:
     """Wraps an Engine with the pre/post-processing every YOLOv5 entry point needs."""
@@ -39,17 +78,14 @@ class Predictor:
     agnostic: bool = False
     max_det: int = 1000
     timings: Timings = field(default_factory=Timings)
+    letterboxer: Letterboxer = field(default_factory=Letterboxer, repr=False)
 
     def preprocess(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[tuple]]:
-        """BGR HWC images -> float32 NCHW RGB in [0,1]; minimal padding when the engine takes any size."""
+        """BGR HWC images -> NCHW RGB, float32 in [0,1] (uint8 for uint8-input graphs); minimal padding when the
+        engine takes any size. The returned batch is a reused buffer, valid until the next call."""
         shape = self.engine.imgsz or self.imgsz
         auto = self.engine.dynamic and len(images) == 1  # one image: pad only to the stride (Ultralytics rect)
-        boxes_meta, batch = [], []
-        for im0 in images:
-            im, ratio, pad = letterbox(im0, shape, auto=auto, stride=self.engine.stride)
-            batch.append(im)
-            boxes_meta.append((im.shape[:2], im0.shape[:2], (ratio, pad)))
-        return to_blob(batch), boxes_meta
+        return self.letterboxer(images, shape, auto, self.engine.stride, self.engine.input_dtype)
 
     def postprocess(self, pred: np.ndarray, meta: list[tuple]) -> list[np.ndarray]:
         """NMS, then undo the letterbox: (n, 6) x1 y1 x2 y2 conf cls in original pixels per image."""
