@@ -5,11 +5,14 @@ Batch 1: for each engine, three pipelines over the same images, called in turn (
   new   letterbox_into a reused canvas + one pass into a reused float32 blob, the float file, NMS + rescale
   u8    the same canvas, a uint8 NCHW blob, the --uint8-input twin of the file (its graph does the /255)
 and checks that all three give the same detections on every image.
+NMS (--nms FILE...): non_max_suppression on each file's real batch-1 outputs for bus.jpg and zidane.jpg, candidate
+scoring in torch (before issue 21) against numpy (now), interleaved; detections must be equal.
 Batch 64 (--b64 FILE): sync against pipelined (pre/post overlapping the engine on a second thread), alternating
 blocks of --blocks batches, items/s medians, and the same detections check.
 
 Usage:
     python tools/e2e_overhead.py --pair yolov5s.onnx yolov5s_u8.onnx --engines onnxruntime openvino deepsparse
+    python tools/e2e_overhead.py --nms yolov5s.onnx yolov5n.onnx --runs 300
     python tools/e2e_overhead.py --b64 yolov5s_cp50_int8_b64.onnx --engines deepsparse --rounds 6
 Files: any FP32 file and its `export.py --uint8-input` twin (same weights, same static shape).
 """
@@ -22,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -33,6 +37,43 @@ from utils.benchmark.pipeline import Pipeline, fill_batch, load_images  # noqa: 
 from utils.benchmark.runner import run_pipelined  # noqa: E402
 from utils.assets import assets_dir  # noqa: E402
 from utils.engines import load_engine  # noqa: E402
+from utils import nms  # noqa: E402
+
+
+def torch_candidates(prediction, conf_thres, multi_label, labels):
+    """utils.nms._candidates before issue 21: objectness filter and scoring in torch (intra-op threads)."""
+    img, row = (prediction[..., 4] > conf_thres).nonzero(as_tuple=True)
+    if not len(img):
+        return prediction.new_zeros((0, 6)), img
+    x, src = nms._score(prediction[img, row], conf_thres, multi_label)
+    return x, img[src]
+
+
+def nms_ab(files: list[str], images: list[np.ndarray], runs: int) -> None:
+    new_candidates = nms._candidates
+    for f in files:
+        eng = load_engine(f, "onnxruntime", batch_size=1, imgsz=(640, 640))
+        pipe = Pipeline(eng, (640, 640))
+        for name, im in zip(("bus", "zidane"), images):
+            x, meta = pipe.preprocess([im])
+            pred = torch.from_numpy(eng(x).copy())
+            t: dict[str, list[float]] = {"torch": [], "numpy": []}
+            out = {}
+            with ForeignLoadMeter() as meter:
+                for _ in range(runs):
+                    for k, fn in (("torch", torch_candidates), ("numpy", new_candidates)):
+                        nms._candidates = fn
+                        s = time.perf_counter()
+                        out[k] = nms.non_max_suppression(pred, 0.25, 0.45, max_det=1000)
+                        t[k].append((time.perf_counter() - s) * 1e3)
+            nms._candidates = new_candidates
+            same = all(torch.equal(a, b) for a, b in zip(out["torch"], out["numpy"]))
+            med = {k: statistics.median(v) for k, v in t.items()}
+            p90 = {k: float(np.percentile(v, 90)) for k, v in t.items()}
+            print(f"NMS {Path(f).name} {name}: {int((pred[..., 4] > 0.25).sum())} rows pass objectness, "
+                  f"{len(out['numpy'][0])} kept, equal {same}; median torch {med['torch']:.3f} ms, numpy "
+                  f"{med['numpy']:.3f} ms ({med['numpy'] / med['torch']:.2f}x); p90 {p90['torch']:.3f} -> "
+                  f"{p90['numpy']:.3f} ms; foreign load {meter.foreign:.1%}")
 
 
 class OldPipeline(Pipeline):
@@ -126,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pair", nargs=2, help="float ONNX file and its --uint8-input twin (batch 1, 640)")
     p.add_argument("--b64", help="batch-64 file: sync against pipelined")
+    p.add_argument("--nms", nargs="+", help="batch-1 files whose real outputs NMS is timed on")
     p.add_argument("--engines", nargs="+", default=["onnxruntime"])
     p.add_argument("--source", default=str(assets_dir() / "images"))
     p.add_argument("--runs", type=int, default=60, help="batch-1 calls per pipeline")
@@ -137,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     images = load_images(opt.source)
     if opt.pair:
         batch1(tuple(opt.pair), opt.engines, images, opt.runs, opt.warmup, opt.threads)
+    if opt.nms:
+        nms_ab(opt.nms, images, opt.runs)
     if opt.b64:
         batch64(opt.b64, opt.engines, images, opt.rounds, opt.blocks, opt.warmup, opt.threads)
 
