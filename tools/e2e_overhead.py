@@ -1,9 +1,10 @@
 """Pre/post-processing overhead end to end, old path against new, interleaved call by call (issue 21).
 
 Batch 1: for each engine, three pipelines over the same images, called in turn (medians per stage):
-  old   letterbox + copyMakeBorder + OpenCV blob (float32), the float file, NMS + rescale
-  new   letterbox_into a reused canvas + one pass into a reused float32 blob, the float file, NMS + rescale
-  u8    the same canvas, a uint8 NCHW blob, the --uint8-input twin of the file (its graph does the /255)
+  old   letterbox + copyMakeBorder + OpenCV blob (float32), the float file, NMS (scoring in torch) + rescale
+  new   letterbox_chw: one resize, then one pass per channel straight into the float32 blob, the float file, NMS
+        (scoring in numpy) + rescale
+  u8    the same into a uint8 NCHW blob, the --uint8-input twin of the file (its graph does the /255)
 and checks that all three give the same detections on every image.
 NMS (--nms FILE...): non_max_suppression on each file's real batch-1 outputs for bus.jpg and zidane.jpg, candidate
 scoring in torch (before issue 21) against numpy (now), interleaved; detections must be equal.
@@ -77,15 +78,23 @@ def nms_ab(files: list[str], images: list[np.ndarray], runs: int) -> None:
 
 
 class OldPipeline(Pipeline):
-    """Today's pre-processing before issue 21: letterbox (resize, copyMakeBorder) then OpenCV's blob, new arrays."""
+    """The pipeline before issue 21: letterbox (resize, copyMakeBorder) then OpenCV's blob; NMS scoring in torch."""
 
-    def preprocess(self, images: list[np.ndarray], slot: int = 0) -> tuple[np.ndarray, list[tuple]]:
+    def preprocess(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[tuple]]:
         batch, meta = [], []
         for im0 in images:
             im, ratio, pad = letterbox(im0, self.imgsz, auto=False, stride=self.engine.stride)
             batch.append(im)
             meta.append((im.shape[:2], im0.shape[:2], (ratio, pad)))
         return to_blob(batch), meta
+
+    def postprocess(self, pred: np.ndarray, meta: list[tuple]) -> list[np.ndarray]:
+        """NMS with the candidate scoring in torch, as before issue 21."""
+        new, nms._candidates = nms._candidates, torch_candidates
+        try:
+            return super().postprocess(pred, meta)
+        finally:
+            nms._candidates = new
 
 
 def same_detections(a: list[np.ndarray], b: list[np.ndarray]) -> bool:

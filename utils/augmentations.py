@@ -64,27 +64,37 @@ def letterbox_shape(shape: tuple[int, int], new_shape: int | tuple[int, int] = 6
     return h + top + bottom, w + left + right
 
 
-def letterbox_into(im: np.ndarray, canvas: np.ndarray, new_shape: int | tuple[int, int] | None = None,
-                   auto: bool = False, scaleup: bool = True, stride: int = 32,
-                   color: tuple[int, int, int] = (114, 114, 114)) -> tuple[tuple[float, float], tuple[float, float]]:
-    """letterbox(im, new_shape, auto=auto) written straight into `canvas` (letterbox_shape(...), 3) uint8: one
-    resize into the padded frame, only the border filled, no intermediate image and no copyMakeBorder. Returns
-    (rw, rh), (dw, dh) as letterbox does; new_shape defaults to the canvas's (h, w)."""
+def letterbox_chw(im: np.ndarray, out: np.ndarray, new_shape: int | tuple[int, int] | None = None,
+                  auto: bool = False, scaleup: bool = True, stride: int = 32,
+                  color: tuple[int, int, int] = (114, 114, 114),
+                  resized: np.ndarray | None = None) -> tuple[tuple[float, float], tuple[float, float]]:
+    """to_blob([letterbox(im, new_shape, auto=auto)[0]])[0] written straight into `out` (3, H, W): float32 in [0, 1]
+    (bit-identical: float32(x) * float32(1/255), as OpenCV's blob computes it) or uint8 RGB when `out` is uint8.
+
+    One resize (into `resized`, a reusable (h, w, 3) uint8 buffer, when its shape fits), then one pass per channel
+    into the blob's inner rectangle and a fill of its border: no padded intermediate image, no copyMakeBorder, no
+    second interleaved copy. Returns (rw, rh), (dw, dh) as letterbox does; new_shape defaults to out's (H, W).
+    """
+    h, w = out.shape[1:]
     new_unpad, ratio, pad, (top, bottom, left, right) = letterbox_geometry(
-        im.shape[:2], canvas.shape[:2] if new_shape is None else new_shape, auto, False, scaleup, stride)
-    h, w = canvas.shape[:2]
+        im.shape[:2], (h, w) if new_shape is None else new_shape, auto, False, scaleup, stride)
     if (h, w) != (new_unpad[1] + top + bottom, new_unpad[0] + left + right):
-        raise ValueError(f"letterbox_into: canvas {h}x{w} is not the letterboxed size of a {im.shape[0]}x"
+        raise ValueError(f"letterbox_chw: output {h}x{w} is not the letterboxed size of a {im.shape[0]}x"
                          f"{im.shape[1]} image; allocate it with letterbox_shape()")
-    inner = canvas[top:h - bottom, left:w - right]
     if im.shape[1::-1] != new_unpad:
-        out = cv2.resize(im, new_unpad, dst=inner, interpolation=cv2.INTER_LINEAR)
-        if out is not inner:  # OpenCV allocated instead of writing into the view: copy (never seen with uint8)
-            inner[...] = out
-    else:
-        inner[...] = im
-    for band in (canvas[:top], canvas[h - bottom:], canvas[top:h - bottom, :left], canvas[top:h - bottom, w - right:]):
-        band[...] = color
+        if resized is None or resized.shape != (new_unpad[1], new_unpad[0], 3):
+            resized = np.empty((new_unpad[1], new_unpad[0], 3), np.uint8)
+        im = cv2.resize(im, new_unpad, dst=resized, interpolation=cv2.INTER_LINEAR)
+    scale = np.float32(1 / 255.0)
+    for c in range(3):  # RGB plane c is BGR channel 2 - c
+        plane, value = out[c], color[2 - c]
+        if out.dtype == np.uint8:
+            np.copyto(plane[top:h - bottom, left:w - right], im[..., 2 - c])
+        else:
+            np.multiply(im[..., 2 - c], scale, out=plane[top:h - bottom, left:w - right], casting="unsafe")
+            value = np.float32(value) * scale
+        for band in (plane[:top], plane[h - bottom:], plane[top:h - bottom, :left], plane[top:h - bottom, w - right:]):
+            band[...] = value
     return ratio, pad
 
 
@@ -95,24 +105,6 @@ def to_blob(images: list[np.ndarray]) -> np.ndarray:
         shapes = sorted({tuple(im.shape) for im in images})
         raise ValueError(f"to_blob needs one or more BGR images of one shape (H, W, 3); got shapes {shapes}")
     return cv2.dnn.blobFromImages(images, scalefactor=1 / 255.0, swapRB=True)
-
-
-def canvas_to_blob(canvas: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """(N, H, W, 3) BGR uint8 -> (N, 3, H, W) RGB: float32 in [0, 1] (bit-identical to to_blob), or uint8 pixels
-    when `out` is uint8 (for graphs exported with a uint8 input, which divide by 255 themselves).
-
-    One strided pass into `out` (preallocated and reused by callers): 0.9 ms for a 640x640 image where OpenCV's
-    blob takes 3.4 ms, and no allocation (its first touch of 4.9 MB costs page faults every call).
-    """
-    n, h, w, _ = canvas.shape
-    if out is None:
-        out = np.empty((n, 3, h, w), np.float32)
-    rgb = canvas[..., ::-1].transpose(0, 3, 1, 2)
-    if out.dtype == np.uint8:
-        np.copyto(out, rgb)
-    else:  # float32(x) * float32(1/255), exactly OpenCV's convertTo(CV_32F, 1/255) in blobFromImages
-        np.multiply(rgb, np.float32(1 / 255.0), out=out, casting="unsafe")
-    return out
 
 
 def make_divisible(x: float, divisor: int) -> int:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from utils.augmentations import canvas_to_blob, letterbox_into, letterbox_shape
+from utils.augmentations import letterbox_chw, letterbox_shape
 from utils.boxes import scale_boxes
 from utils.engines.base import Engine
 from utils.nms import non_max_suppression
@@ -29,41 +29,36 @@ class Timings:
 
 
 class Letterboxer:
-    """BGR HWC images -> the engine's NCHW RGB input, letterboxed straight into reused buffers.
+    """BGR HWC images -> the engine's NCHW RGB input, each image resized once and written straight into the batch.
 
-    Each image is resized once into a padded uint8 canvas (letterbox_into), then the batch is written in one pass
-    into a float32 [0, 1] blob, or a uint8 one for an engine whose graph takes uint8 (export --uint8-input), which
-    skips the float conversion. Identical values to letterbox + to_blob. Buffers are kept per (thread, slot, shape,
-    dtype): concurrent streams never share one, and a pipelined caller rotates `slot` so the batch the engine is
-    reading is not overwritten by the next one.
+    float32 [0, 1] (identical to letterbox + to_blob), or uint8 for an engine whose graph takes uint8 (export
+    --uint8-input), which skips the float conversion. The small resize buffer is reused per (thread, shape); the
+    batch itself is a fresh array each call, so callers may keep it and threads never share one (a reused 4.9 MB
+    blob was measured slower: the engine evicts it from cache between calls, fresh memory comes back warm).
     """
 
     def __init__(self) -> None:
-        self._buffers: dict[tuple, np.ndarray] = {}
-
-    def _buffer(self, key: tuple, shape: tuple[int, ...], dtype: type) -> np.ndarray:
-        key = (threading.get_ident(), *key, shape, np.dtype(dtype).str)
-        buf = self._buffers.get(key)
-        if buf is None:
-            buf = self._buffers[key] = np.empty(shape, dtype)
-        return buf
+        self._resized: dict[tuple, np.ndarray] = {}
 
     def __call__(self, images: list[np.ndarray], shape: tuple[int, int], auto: bool, stride: int,
-                 dtype: np.dtype = np.float32, slot: int = 0) -> tuple[np.ndarray, list[tuple]]:
+                 dtype: np.dtype = np.float32) -> tuple[np.ndarray, list[tuple]]:
         """(batch, meta) where meta per image is (letterboxed (h, w), original (h, w), (ratio, pad))."""
         if not images:
             raise ValueError("no images to pre-process")
         h, w = letterbox_shape(images[0].shape[:2], shape, auto, stride=stride) if auto else tuple(shape)
-        canvas = self._buffer(("canvas",), (len(images), h, w, 3), np.uint8)
+        out = np.empty((len(images), 3, h, w), np.uint8 if np.dtype(dtype) == np.uint8 else np.float32)
         meta = []
-        for im0, c in zip(images, canvas):
+        for im0, chw in zip(images, out):
             if im0.ndim != 3 or im0.shape[2] != 3:
                 raise ValueError(f"expected BGR images (H, W, 3); got shape {im0.shape}")
-            ratio, pad = letterbox_into(im0, c, shape, auto=auto, stride=stride)
+            key = (threading.get_ident(), im0.shape, h, w)
+            ratio, pad = letterbox_chw(im0, chw, shape, auto=auto, stride=stride, resized=self._resized.get(key))
+            if key not in self._resized and len(self._resized) < 64:  # keep the resize buffer for this shape
+                r = ratio[0]
+                self._resized[key] = np.empty((int(round(im0.shape[0] * r)), int(round(im0.shape[1] * r)), 3),
+                                              np.uint8)
             meta.append(((h, w), im0.shape[:2], (ratio, pad)))
-        out_dtype = np.uint8 if np.dtype(dtype) == np.uint8 else np.float32
-        out = self._buffer(("blob", slot), (len(images), 3, h, w), out_dtype)
-        return canvas_to_blob(canvas, out), meta
+        return out, meta
 
 
 @dataclass
@@ -82,7 +77,7 @@ class Predictor:
 
     def preprocess(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[tuple]]:
         """BGR HWC images -> NCHW RGB, float32 in [0,1] (uint8 for uint8-input graphs); minimal padding when the
-        engine takes any size. The returned batch is a reused buffer, valid until the next call."""
+        engine takes any size."""
         shape = self.engine.imgsz or self.imgsz
         auto = self.engine.dynamic and len(images) == 1  # one image: pad only to the stride (Ultralytics rect)
         return self.letterboxer(images, shape, auto, self.engine.stride, self.engine.input_dtype)

@@ -52,10 +52,10 @@ class Pipeline:
         self.post = Predictor(engine, self.imgsz, conf_thres, iou_thres, max_det=max_det)
         self.letterboxer = Letterboxer()
 
-    def preprocess(self, images: list[np.ndarray], slot: int = 0) -> tuple[np.ndarray, list[tuple]]:
-        """BGR HWC -> NCHW RGB (float32 [0,1], or uint8 for a uint8-input graph) in a reused buffer per `slot`;
-        auto=False so batch 1 is not padded smaller than batch 64 is."""
-        return self.letterboxer(images, self.imgsz, False, self.engine.stride, self.engine.input_dtype, slot)
+    def preprocess(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[tuple]]:
+        """BGR HWC -> NCHW RGB (float32 [0,1], or uint8 for a uint8-input graph); auto=False so batch 1 is not
+        padded smaller than batch 64 is."""
+        return self.letterboxer(images, self.imgsz, False, self.engine.stride, self.engine.input_dtype)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """The engine stage alone (the pipelined scenario runs it on its own thread)."""
@@ -70,8 +70,8 @@ class Pipeline:
         t0 = time.perf_counter()
         x, meta = self.preprocess(images)
         t1 = time.perf_counter()
-        pred = self.engine(x)
+        pred = self.infer(x)
         t2 = time.perf_counter()
-        dets = self.post.postprocess(pred, meta)
+        dets = self.postprocess(pred, meta)
         t3 = time.perf_counter()
         return dets, ((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)

@@ -25,7 +25,7 @@ Step = Callable[[list[np.ndarray]], tuple[Any, StageTimes]]
 class Staged(Protocol):
     """A pipeline whose three stages can be called one by one (utils.benchmark.pipeline.Pipeline)."""
 
-    def preprocess(self, images: list[np.ndarray], slot: int = 0) -> tuple[np.ndarray, list[tuple]]: ...
+    def preprocess(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[tuple]]: ...
 
     def infer(self, x: np.ndarray) -> np.ndarray: ...
 
@@ -153,19 +153,19 @@ def measure_async(step: Step, images: list[np.ndarray], streams: int, warmup: in
     return m
 
 
-PIPELINE_SLOTS = 2  # input buffers in flight: the one the engine reads and the one being filled
+IN_FLIGHT = 2  # batches pre-processed but not yet through the engine: the one it runs and the next one
 
 
 def run_pipelined(pipe: Staged, batches: Iterable[list[np.ndarray]]) -> Iterator[tuple[list[np.ndarray], StageTimes]]:
     """Detections and (pre, engine, post) ms per batch, in order, with the engine on its own thread.
 
-    The calling thread pre-processes batch k+1 into the free input slot and post-processes finished batches while
-    the engine thread runs batch k: pre + post hide behind the engine wherever cores allow. A slot is reused only
-    once the engine has returned from the batch in it, so results equal the plain loop's.
+    The calling thread pre-processes batch k+1 and post-processes finished batches while the engine thread runs
+    batch k: pre + post hide behind the engine wherever cores allow. At most IN_FLIGHT batches wait for or are in
+    the engine (bounded memory); every batch has its own input array, so results equal the plain loop's.
     """
     todo: queue.Queue = queue.Queue()
     done: queue.Queue = queue.Queue()
-    free = threading.Semaphore(PIPELINE_SLOTS)
+    free = threading.Semaphore(IN_FLIGHT)
 
     def engine_loop() -> None:
         while (item := todo.get()) is not None:
@@ -192,11 +192,11 @@ def run_pipelined(pipe: Staged, batches: Iterable[list[np.ndarray]]) -> Iterator
     submitted = finished = 0
     try:
         for images in batches:
-            while not free.acquire(blocking=False):  # both slots busy: post-process while the engine works
+            while not free.acquire(blocking=False):  # enough queued: post-process while the engine works
                 yield finish(done.get())
                 finished += 1
             t0 = time.perf_counter()
-            x, meta = pipe.preprocess(images, slot=submitted % PIPELINE_SLOTS)
+            x, meta = pipe.preprocess(images)
             todo.put((submitted, x, meta, (time.perf_counter() - t0) * 1e3))
             submitted += 1
             while not done.empty():  # results that are ready: post-process them before the next pre
