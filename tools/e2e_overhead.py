@@ -8,8 +8,8 @@ Batch 1: for each engine, three pipelines over the same images, called in turn (
 and checks that all three give the same detections on every image.
 NMS (--nms FILE...): non_max_suppression on each file's real batch-1 outputs for bus.jpg and zidane.jpg, candidate
 scoring in torch (before issue 21) against numpy (now), interleaved; detections must be equal.
-Batch 64 (--b64 FILE): sync against pipelined (pre/post overlapping the engine on a second thread), alternating
-blocks of --blocks batches, items/s medians, and the same detections check.
+Batch 64 (--b64 FILE): the old pipeline, the new one (sync) and the new one pipelined (pre/post overlapping the
+engine on a second thread), alternating blocks of --blocks batches, items/s medians, same detections check.
 
 Usage:
     python tools/e2e_overhead.py --pair yolov5s.onnx yolov5s_u8.onnx --engines onnxruntime openvino deepsparse
@@ -145,31 +145,33 @@ def batch64(file: str, engines: list[str], images: list[np.ndarray], rounds: int
     batch = fill_batch(images, 64)
     for engine in engines:
         eng = load_engine(file, engine, batch_size=64, imgsz=(640, 640), num_threads=threads)
-        pipe = Pipeline(eng, (640, 640))
+        pipe, before = Pipeline(eng, (640, 640)), OldPipeline(eng, (640, 640))
         plain = [pipe(batch)[0] for _ in range(2)]
         piped = [d for d, _ in run_pipelined(pipe, [batch, batch])]
-        ok = all(same_detections(a, b) for a, b in zip(plain, piped))
+        ok = all(same_detections(a, b) for a, b in zip(plain, piped)) and same_detections(before(batch)[0], plain[0])
         for _ in range(warmup):
             pipe(batch)
-        rates: dict[str, list[float]] = {"sync": [], "pipelined": []}
-        stages: list[tuple] = []
+        rates: dict[str, list[float]] = {"old": [], "sync": [], "pipelined": []}
+        stages: dict[str, list[tuple]] = {"old": [], "sync": []}
         with ForeignLoadMeter() as meter:
             for _ in range(rounds):
-                s = time.perf_counter()
-                for _ in range(blocks):
-                    stages.append(pipe(batch)[1])
-                rates["sync"].append(blocks * 64 / (time.perf_counter() - s))
+                for k, p in (("old", before), ("sync", pipe)):
+                    s = time.perf_counter()
+                    for _ in range(blocks):
+                        stages[k].append(p(batch)[1])
+                    rates[k].append(blocks * 64 / (time.perf_counter() - s))
                 s = time.perf_counter()
                 for _ in run_pipelined(pipe, (batch for _ in range(blocks))):
                     pass
                 rates["pipelined"].append(blocks * 64 / (time.perf_counter() - s))
         med = {k: statistics.median(v) for k, v in rates.items()}
-        pre, eng_ms, post = (statistics.median(x[j] for x in stages) for j in range(3))
-        print(f"\n{engine} {Path(file).name} batch 64: {rounds} rounds of {blocks} batches each way, foreign load "
-              f"{meter.foreign:.1%}; pipelined detections == plain loop: {ok}\n  sync pre {pre:.0f} engine "
-              f"{eng_ms:.0f} post {post:.0f} ms/batch; items/s sync {med['sync']:.2f}, pipelined "
-              f"{med['pipelined']:.2f}: {med['pipelined'] / med['sync']:.2f}x (per round: "
-              f"{[round(p / s, 2) for s, p in zip(rates['sync'], rates['pipelined'])]})")
+        print(f"\n{engine} {Path(file).name} batch 64: {rounds} rounds of {blocks} batches per arm, foreign load "
+              f"{meter.foreign:.1%}; detections old == new == pipelined: {ok}")
+        for k, v in stages.items():
+            pre, eng_ms, post = (statistics.median(x[j] for x in v) for j in range(3))
+            print(f"  {k:9s} pre {pre:5.0f}  engine {eng_ms:5.0f}  post {post:4.0f} ms/batch")
+        for k in rates:
+            print(f"  {k:9s} {med[k]:6.2f} items/s  {med[k] / med['old']:.2f}x old  {med[k] / med['sync']:.2f}x sync")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--engines", nargs="+", default=["onnxruntime"])
     p.add_argument("--source", default=str(assets_dir() / "images"))
     p.add_argument("--runs", type=int, default=60, help="batch-1 calls per pipeline")
-    p.add_argument("--rounds", type=int, default=5, help="batch-64 rounds (one sync block + one pipelined block)")
+    p.add_argument("--rounds", type=int, default=5, help="batch-64 rounds (one block per arm)")
     p.add_argument("--blocks", type=int, default=3, help="batch-64 batches per block")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)

@@ -59,7 +59,7 @@ def letterbox(
 
 def letterbox_shape(shape: tuple[int, int], new_shape: int | tuple[int, int] = 640, auto: bool = True,
                     scaleup: bool = True, stride: int = 32) -> tuple[int, int]:
-    """(h, w) of the image letterbox returns for an input of `shape` (h, w): the canvas letterbox_into fills."""
+    """(h, w) of the image letterbox returns for an input of `shape` (h, w): the output letterbox_chw fills."""
     (w, h), _, _, (top, bottom, left, right) = letterbox_geometry(shape, new_shape, auto, False, scaleup, stride)
     return h + top + bottom, w + left + right
 
