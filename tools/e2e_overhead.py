@@ -14,6 +14,7 @@ engine on a second thread), alternating blocks of --blocks batches, items/s medi
 Usage:
     python tools/e2e_overhead.py --pair yolov5s.onnx yolov5s_u8.onnx --engines onnxruntime openvino deepsparse
     python tools/e2e_overhead.py --nms yolov5s.onnx yolov5n.onnx --runs 300
+    python tools/e2e_overhead.py --pre-only --runs 300
     python tools/e2e_overhead.py --b64 yolov5s_cp50_int8_b64.onnx --engines deepsparse --rounds 6
 Files: any FP32 file and its `export.py --uint8-input` twin (same weights, same static shape).
 """
@@ -38,6 +39,7 @@ from utils.benchmark.pipeline import Pipeline, fill_batch, load_images  # noqa: 
 from utils.benchmark.runner import run_pipelined  # noqa: E402
 from utils.assets import assets_dir  # noqa: E402
 from utils.engines import load_engine  # noqa: E402
+from utils.predict import Letterboxer  # noqa: E402
 from utils import nms  # noqa: E402
 
 
@@ -174,10 +176,30 @@ def batch64(file: str, engines: list[str], images: list[np.ndarray], rounds: int
             print(f"  {k:9s} {med[k]:6.2f} items/s  {med[k] / med['old']:.2f}x old  {med[k] / med['sync']:.2f}x sync")
 
 
+def pre_only(images: list[np.ndarray], runs: int) -> None:
+    """Pre-processing alone (no engine between calls): old letterbox + blob, new float32, new uint8, interleaved."""
+    lb = Letterboxer()
+    arms = {"old": lambda b: to_blob([letterbox(im, (640, 640), auto=False)[0] for im in b]),
+            "new": lambda b: lb(b, (640, 640), False, 32), "u8": lambda b: lb(b, (640, 640), False, 32, np.uint8)}
+    for n, reps in ((1, runs), (64, max(runs // 20, 3))):
+        b = fill_batch(images, n)
+        t: dict[str, list[float]] = {k: [] for k in arms}
+        with ForeignLoadMeter() as meter:
+            for _ in range(reps):
+                for k, f in arms.items():
+                    s = time.perf_counter()
+                    f(b)
+                    t[k].append((time.perf_counter() - s) * 1e3)
+        med = {k: statistics.median(v) for k, v in t.items()}
+        print(f"pre only, batch {n}: old {med['old']:.2f}, new {med['new']:.2f} ({med['new'] / med['old']:.2f}x), "
+              f"uint8 {med['u8']:.2f} ms ({med['u8'] / med['old']:.2f}x); foreign load {meter.foreign:.1%}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pair", nargs=2, help="float ONNX file and its --uint8-input twin (batch 1, 640)")
     p.add_argument("--b64", help="batch-64 file: sync against pipelined")
+    p.add_argument("--pre-only", action="store_true", help="time pre-processing alone, batch 1 and 64")
     p.add_argument("--nms", nargs="+", help="batch-1 files whose real outputs NMS is timed on")
     p.add_argument("--engines", nargs="+", default=["onnxruntime"])
     p.add_argument("--source", default=str(assets_dir() / "images"))
@@ -190,6 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     images = load_images(opt.source)
     if opt.pair:
         batch1(tuple(opt.pair), opt.engines, images, opt.runs, opt.warmup, opt.threads)
+    if opt.pre_only:
+        pre_only(images, opt.runs)
     if opt.nms:
         nms_ab(opt.nms, images, opt.runs)
     if opt.b64:
