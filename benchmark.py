@@ -7,6 +7,7 @@ Usage:
     python benchmark.py --cfg models/yolov5s.yaml --sparsity 0 0.8 --channel-prune 0.5  # + a half-FLOPs model
     python benchmark.py --weights yolov5n.onnx --engines deepsparse openvino --scenario async --batch-size 64
     python benchmark.py --cfg models/yolov5n.yaml --random --time 10 --num-cores 2
+    python benchmark.py --weights yolov5n.onnx --batch-size 64 --scenario sync pipelined  # overlap pre/post
 
 Each row: pre-process (letterbox, normalize, NCHW) + engine + post-process (NMS, rescale), timed separately, after
 warm-up; results in runs/benchmark/exp*/ (results.csv, results.json, benchmark.png) with the ratio to a baseline.
@@ -103,7 +104,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--time", dest="time_s", type=float, default=None, help="measure for S seconds instead")
     p.add_argument("--threads", "--num-cores", dest="num_cores", type=int, default=None,
                    help="threads/cores per engine (default: engine's own); the machine section reports it")
-    p.add_argument("--scenario", nargs="+", default=["sync"], help="sync and/or async (multi-stream engines)")
+    p.add_argument("--scenario", nargs="+", default=["sync"], help="sync, async (multi-stream engines) and/or pipelined "
+                   "(pre/post of neighbouring batches overlap the engine on a second thread)")
     p.add_argument("--num-streams", type=int, default=None, help="async streams (default: engine's choice)")
     p.add_argument("--baseline", default="onnxruntime:dense", help="ratio reference: engine[:variant]")
     p.add_argument("--conf-thres", type=float, default=0.25, help="NMS confidence threshold")

@@ -6,6 +6,7 @@ Usage:
     python export.py --weights best.pt --imgsz 320 --batch-size 1 --dynamic --opset 13
     python export.py --weights best.pt --int8 --data my.yaml      # + best_int8.onnx (QDQ, calibrated on 128 images)
     python export.py --weights best.pt --include ultralytics       # best_ultralytics.pt for Ultralytics' own tools
+    python export.py --weights yolov5n.pt --uint8-input            # graph takes uint8 pixels, does the /255 itself
 
 One-shot pruning is prune.py's job (export its .pt); export.py's old --sparsity/--channel-prune flags still work for
 now and print the prune.py command to use instead.
@@ -61,6 +62,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                         help="how QDQ activation ranges are set from the calibration images")
     parser.add_argument("--allow-download-code", action="store_true",
                         help="let a dataset yaml's Python 'download:' snippet run when its images are missing")
+    parser.add_argument("--uint8-input", action="store_true",
+                        help="the graph takes uint8 NCHW RGB pixels and does the /255 itself (engines are fed bytes, "
+                        "pre-processing skips the float conversion); float exports only")
     parser.add_argument("--verify-strict", action="store_true",
                         help="exit non-zero when the exported file disagrees with PyTorch on the check image")
     deprecated.add_export_args(parser)  # old one-shot flags: aliases of prune.py
@@ -71,7 +75,8 @@ def run(weights: str = "yolov5n.pt", imgsz: list[int] | int = (640,), batch_size
         include: list[str] | tuple[str, ...] = ("onnx",), dynamic: bool = False, simplify: bool = False,
         opset: int = DEFAULT_OPSET, verify_strict: bool = False, int8: bool = False, data: str | None = None,
         calib_images: int = 128, int8_format: str = "qdq", calib_method: str = DEFAULT_METHOD,
-        allow_download_code: bool = False, prune: Callable[[nn.Module], str] | None = None) -> list[Path]:
+        allow_download_code: bool = False, prune: Callable[[nn.Module], str] | None = None,
+        uint8_input: bool = False) -> list[Path]:
     """Export and return the written paths (ONNX file first, unless only ultralytics); `prune` edits the model first."""
     include = tuple(f.lower() for f in include)
     unknown = [f for f in include if f not in FORMATS]
@@ -82,11 +87,11 @@ def run(weights: str = "yolov5n.pt", imgsz: list[int] | int = (640,), batch_size
         raise SystemExit(f"export: weights file {weights} not found; pass --weights path/to/model.pt")
     sizes = [imgsz] if isinstance(imgsz, int) else list(imgsz)
     hw = (sizes[0], sizes[-1])
-    check_int8_options(int8, data, int8_format, dynamic)
+    check_int8_options(int8, data, int8_format, dynamic, uint8_input)
     data_dict = check_dataset(data, allow_code=allow_download_code) if data else None
     return export_weights(weights, include, hw, batch_size, dynamic, opset, simplify, device, prune=prune,
                           verify_strict=verify_strict, int8=int8, data=data_dict, calib_images=calib_images,
-                          int8_format=int8_format, calib_method=calib_method)["files"]
+                          int8_format=int8_format, calib_method=calib_method, uint8_input=uint8_input)["files"]
 
 
 def main(opt: argparse.Namespace) -> list[Path]:

@@ -16,7 +16,7 @@ from utils.benchmark import machine, report, variants
 from utils.export import onnx_precision
 from utils.sparsity import blocks
 from utils.benchmark.pipeline import Pipeline, fill_batch, load_images, random_images
-from utils.benchmark.runner import measure_async, measure_sync
+from utils.benchmark.runner import measure_async, measure_pipelined, measure_sync, run_pipelined
 from utils.benchmark.streams import NoAsync, load_stream_engine
 from utils.engines import load_engine
 from utils.sparsity.measure import global_sparsity, prunable_parameters
@@ -295,3 +295,27 @@ def test_deepsparse_openvino_sync_and_async(tmp_path):
     assert by[("deepsparse", "sync")]["status"] == "ok" and by[("openvino", "async")]["status"] == "ok"
     assert by[("deepsparse", "async")]["streams"] >= 1 and by[("openvino", "async")]["streams"] >= 1
     assert all(r["iterations"] == 2 for r in out["rows"] if r["status"] == "ok")
+
+
+def test_pipelined_scenario_returns_the_plain_loops_detections(tiny_model, bus_jpg, assets):
+    """Issue 21: engine on its own thread, pre/post of neighbouring batches overlapping it: same detections in the
+    same order as calling the pipeline batch by batch, and measure_pipelined counts exactly N batches."""
+    eng = load_engine(variants.prepare_model(tiny_model), "torch", imgsz=IMG)
+    pipe = Pipeline(eng, IMG, conf_thres=0.01)
+    ims = load_images(assets / "images")
+    batches = [fill_batch(ims[k:] + ims[:k], 3) for k in range(len(ims))] * 3  # differing neighbours
+    plain = [pipe(b)[0] for b in batches]
+    piped = list(run_pipelined(pipe, batches))
+    assert len(piped) == len(batches) and sum(len(d) for dets in plain for d in dets) > 0
+    for a, (b, times) in zip(plain, piped):
+        assert len(times) == 3 and len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+    m = measure_pipelined(pipe, batches[0], warmup=2, iterations=5)
+    assert m.iterations == 5 and m.summary()["items_per_sec"] > 0
+
+
+def test_pipelined_engine_error_reaches_the_caller(tiny_model, bus_jpg):
+    eng = load_engine(variants.prepare_model(tiny_model), "torch", imgsz=IMG)
+    pipe = Pipeline(eng, IMG)
+    pipe.infer = lambda x: (_ for _ in ()).throw(RuntimeError("engine broke"))
+    with pytest.raises(RuntimeError, match="engine broke"):
+        list(run_pipelined(pipe, [load_images(bus_jpg)] * 3))

@@ -7,7 +7,9 @@ import torch
 
 import utils.nms as nms_mod
 from utils.augmentations import letterbox
+from utils.benchmark.pipeline import Pipeline, load_images
 from utils.boxes import (box_iou, clip_boxes, scale_boxes, xywh2xyxy, xywhn2xyxy, xyxy2xywh, xyxy2xywhn)
+from utils.engines import load_engine
 from utils.nms import nms, non_max_suppression
 
 
@@ -238,3 +240,19 @@ def test_scale_boxes_in_place_on_view_and_clips() -> None:
     scale_boxes((640, 640), far, (480, 640))
     assert far.tolist() == [[0, 0, 640, 480]]
 
+
+
+@pytest.mark.parametrize("conf,multi_label,classes", [(0.25, False, None), (0.001, True, None), (0.001, False, [0, 5]),
+                                                      (0.5, True, None)])
+def test_numpy_candidates_equal_the_torch_path_on_real_outputs(yolov5n_pt, assets, conf, multi_label, classes):
+    """Issue 21: candidate scoring in numpy (CPU) gives exactly the torch path's detections (the torch path still
+    serves tensors that need grad or live on a GPU) on yolov5n's real outputs for bus.jpg and zidane.jpg."""
+    pipe = Pipeline(load_engine(yolov5n_pt, "torch", imgsz=(640, 640)), (640, 640))
+    pred = torch.from_numpy(pipe.infer(pipe.preprocess(load_images(assets / "images"))[0]))
+    assert pred.shape[0] == 2
+    fast = non_max_suppression(pred, conf, 0.45, classes, multi_label=multi_label, max_det=300)
+    slow = non_max_suppression(pred.clone().requires_grad_(True), conf, 0.45, classes, multi_label=multi_label,
+                                   max_det=300)
+    assert sum(len(d) for d in fast) > 0
+    for a, b in zip(fast, slow):
+        assert torch.equal(a, b.detach())

@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 import export
 from models.yolo import DetectionModel
-from utils.checkpoint import save_checkpoint
+from utils.augmentations import letterbox
+from utils.checkpoint import load_model, save_checkpoint
 from utils.engines import load_engine
 from utils.engines.metadata import read_onnx_metadata
-from utils.export import export_weights, load_image_batch, onnx_conv_sparsity, recipe_summary
+from utils.export import export_onnx, export_weights, load_image_batch, prepare_model, onnx_conv_sparsity, recipe_summary
 from utils.nms import non_max_suppression
 from utils.sparsity.measure import global_sparsity, prunable_parameters
 
@@ -187,3 +189,22 @@ def test_channel_prune_export_with_latency_allocation(tmp_path, yolov5n_pt) -> N
     assert 0.6 <= left <= 0.72
     with pytest.raises(SystemExit):
         export.parse_opt(["--weights", "a.pt", "--channel-prune", "0.3", "--channel-allocation", "fastest"])
+
+
+def test_uint8_input_graph_equals_float_graph(yolov5n_pt, bus_jpg, tmp_path):
+    """Issue 21: --uint8-input puts the /255 in the graph; fed the same pixels as bytes it gives the float file's
+    outputs (within 1e-5) and the same detections, on every engine that reads ONNX."""
+    model = load_model(str(yolov5n_pt))
+    f32 = export_onnx(prepare_model(model), tmp_path / "f32.onnx", 320)
+    u8 = export_onnx(prepare_model(model, uint8_input=True), tmp_path / "u8.onnx", 320)
+    im = letterbox(cv2.imread(str(bus_jpg)), 320, auto=False)[0][:, :, ::-1].transpose(2, 0, 1)[None]
+    x8 = np.ascontiguousarray(im)
+    for engine in ("onnxruntime", "openvino"):
+        a, e8 = load_engine(f32, engine=engine), load_engine(u8, engine=engine)
+        assert e8.input_dtype == np.uint8 and a.input_dtype == np.float32
+        pa, pb = a(x8.astype(np.float32) * np.float32(1 / 255.0)), e8(x8)
+        np.testing.assert_allclose(pb, pa, rtol=1e-5, atol=1e-5, err_msg=engine)
+        da, db = (non_max_suppression(torch.from_numpy(p))[0] for p in (pa, pb))
+        assert da.shape == db.shape and len(da) and torch.allclose(da, db, rtol=1e-5, atol=1e-5), engine
+    with pytest.raises(ValueError, match="uint8-input"):
+        export.run(weights=str(yolov5n_pt), int8=True, data="x.yaml", uint8_input=True)

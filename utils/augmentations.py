@@ -9,17 +9,16 @@ import numpy as np
 from utils.logger import LOGGER
 
 
-def letterbox(
-    im: np.ndarray,
+def letterbox_geometry(
+    shape: tuple[int, int],
     new_shape: int | tuple[int, int] = 640,
-    color: tuple[int, int, int] = (114, 114, 114),
     auto: bool = True,
     scale_fill: bool = False,
     scaleup: bool = True,
     stride: int = 32,
-) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
-    """Resize keeping aspect ratio and pad to new_shape (h, w); returns image, (rw, rh), (dw, dh) per side."""
-    shape = im.shape[:2]
+) -> tuple[tuple[int, int], tuple[float, float], tuple[float, float], tuple[int, int, int, int]]:
+    """Where letterbox puts an image of `shape` (h, w): resized (w, h), (rw, rh), (dw, dh) per side, and the
+    (top, bottom, left, right) border in pixels."""
     if isinstance(new_shape, int):
         new_shape = (new_shape, new_shape)
     r = min(new_shape[0] / shape[0], new_shape[1] / shape[1])
@@ -35,12 +34,68 @@ def letterbox(
         new_unpad = (new_shape[1], new_shape[0])
         ratio = (new_shape[1] / shape[1], new_shape[0] / shape[0])
     dw, dh = dw / 2, dh / 2
-    if shape[::-1] != new_unpad:
-        im = cv2.resize(im, new_unpad, interpolation=cv2.INTER_LINEAR)
     top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
     left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
+    return new_unpad, ratio, (dw, dh), (top, bottom, left, right)
+
+
+def letterbox(
+    im: np.ndarray,
+    new_shape: int | tuple[int, int] = 640,
+    color: tuple[int, int, int] = (114, 114, 114),
+    auto: bool = True,
+    scale_fill: bool = False,
+    scaleup: bool = True,
+    stride: int = 32,
+) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
+    """Resize keeping aspect ratio and pad to new_shape (h, w); returns image, (rw, rh), (dw, dh) per side."""
+    new_unpad, ratio, pad, (top, bottom, left, right) = letterbox_geometry(im.shape[:2], new_shape, auto, scale_fill,
+                                                                           scaleup, stride)
+    if im.shape[1::-1] != new_unpad:
+        im = cv2.resize(im, new_unpad, interpolation=cv2.INTER_LINEAR)
     im = cv2.copyMakeBorder(im, top, bottom, left, right, cv2.BORDER_CONSTANT, value=color)
-    return im, ratio, (dw, dh)
+    return im, ratio, pad
+
+
+def letterbox_shape(shape: tuple[int, int], new_shape: int | tuple[int, int] = 640, auto: bool = True,
+                    scaleup: bool = True, stride: int = 32) -> tuple[int, int]:
+    """(h, w) of the image letterbox returns for an input of `shape` (h, w): the output letterbox_chw fills."""
+    (w, h), _, _, (top, bottom, left, right) = letterbox_geometry(shape, new_shape, auto, False, scaleup, stride)
+    return h + top + bottom, w + left + right
+
+
+def letterbox_chw(im: np.ndarray, out: np.ndarray, new_shape: int | tuple[int, int] | None = None,
+                  auto: bool = False, scaleup: bool = True, stride: int = 32,
+                  color: tuple[int, int, int] = (114, 114, 114),
+                  resized: np.ndarray | None = None) -> tuple[tuple[float, float], tuple[float, float]]:
+    """to_blob([letterbox(im, new_shape, auto=auto)[0]])[0] written straight into `out` (3, H, W): float32 in [0, 1]
+    (bit-identical: float32(x) * float32(1/255), as OpenCV's blob computes it) or uint8 RGB when `out` is uint8.
+
+    One resize (into `resized`, a reusable (h, w, 3) uint8 buffer, when its shape fits), then one pass per channel
+    into the blob's inner rectangle and a fill of its border: no padded intermediate image, no copyMakeBorder, no
+    second interleaved copy. Returns (rw, rh), (dw, dh) as letterbox does; new_shape defaults to out's (H, W).
+    """
+    h, w = out.shape[1:]
+    new_unpad, ratio, pad, (top, bottom, left, right) = letterbox_geometry(
+        im.shape[:2], (h, w) if new_shape is None else new_shape, auto, False, scaleup, stride)
+    if (h, w) != (new_unpad[1] + top + bottom, new_unpad[0] + left + right):
+        raise ValueError(f"letterbox_chw: output {h}x{w} is not the letterboxed size of a {im.shape[0]}x"
+                         f"{im.shape[1]} image; allocate it with letterbox_shape()")
+    if im.shape[1::-1] != new_unpad:
+        if resized is None or resized.shape != (new_unpad[1], new_unpad[0], 3):
+            resized = np.empty((new_unpad[1], new_unpad[0], 3), np.uint8)
+        im = cv2.resize(im, new_unpad, dst=resized, interpolation=cv2.INTER_LINEAR)
+    scale = np.float32(1 / 255.0)
+    for c in range(3):  # RGB plane c is BGR channel 2 - c
+        plane, value = out[c], color[2 - c]
+        if out.dtype == np.uint8:
+            np.copyto(plane[top:h - bottom, left:w - right], im[..., 2 - c])
+        else:
+            np.multiply(im[..., 2 - c], scale, out=plane[top:h - bottom, left:w - right], casting="unsafe")
+            value = np.float32(value) * scale
+        for band in (plane[:top], plane[h - bottom:], plane[top:h - bottom, :left], plane[top:h - bottom, w - right:]):
+            band[...] = value
+    return ratio, pad
 
 
 def to_blob(images: list[np.ndarray]) -> np.ndarray:

@@ -42,6 +42,24 @@ def _score(x: torch.Tensor, conf_thres: float, multi_label: bool) -> tuple[torch
     return torch.cat((box, conf, j.to(x.dtype)), 1)[keep], keep
 
 
+def _score_numpy(x: np.ndarray, conf_thres: float, multi_label: bool) -> tuple[np.ndarray, np.ndarray]:
+    """_score in numpy, value for value (same float ops, same row and class order, first maximum on ties).
+
+    numpy runs these small ops on the calling thread; torch splits tensors over ~32k elements (a few hundred
+    candidate rows x 80 classes) across its intra-op threads, and on a busy machine each such op waits for a
+    core: 1 ms of NMS became 20-60 ms at times under foreign load, and it competes with the engine's threads.
+    """
+    cls_conf = x[:, 5:] * x[:, 4:5]
+    box = xywh2xyxy(x[:, :4])
+    if multi_label:
+        i, j = (cls_conf > conf_thres).nonzero()
+        return np.concatenate((box[i], cls_conf[i, j, None], j[:, None].astype(x.dtype)), 1), i
+    j = cls_conf.argmax(1)[:, None]
+    conf = np.take_along_axis(cls_conf, j, 1)
+    keep = np.flatnonzero(conf[:, 0] > conf_thres)
+    return np.concatenate((box, conf, j.astype(x.dtype)), 1)[keep], keep
+
+
 def _candidates(prediction: torch.Tensor, conf_thres: float, multi_label: bool, labels: Sequence[torch.Tensor]
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scored rows of the whole batch and their image index, image by image in prediction row order.
@@ -59,6 +77,11 @@ def _candidates(prediction: torch.Tensor, conf_thres: float, multi_label: bool, 
             rows.append(r)
             images.append(torch.full((len(r),), xi, dtype=torch.long, device=x.device))
         return torch.cat(rows, 0), torch.cat(images, 0)
+    if prediction.device.type == "cpu" and not prediction.requires_grad:  # numpy: one thread, no waits (_score_numpy)
+        p = prediction.numpy()
+        img, row = (p[..., 4] > conf_thres).nonzero()  # objectness first: decode and score only these rows
+        x, src = _score_numpy(p[img, row], conf_thres, multi_label)
+        return torch.from_numpy(x), torch.from_numpy(img[src])
     img, row = (prediction[..., 4] > conf_thres).nonzero(as_tuple=True)
     if not len(img):
         return prediction.new_zeros((0, 6)), img

@@ -20,7 +20,7 @@ from .variants import (
     pruned_models,
 )
 
-SCENARIOS = ("sync", "async")
+SCENARIOS = ("sync", "async", "pipelined")
 DEFAULT_WEIGHTS = "weights/yolov5n.pt"
 NO_INT8 = ("INT8 rows skipped: no INT8 exporter could be imported (utils.sparsity.ptq needs sparseml; "
            "see utils.benchmark.variants.register_int8_exporter); to time an existing INT8 model pass its .onnx "
@@ -106,7 +106,9 @@ def method_text(s: Settings, scenarios: list[str]) -> str:
         f"  {s.warmup} warm-up batches (not recorded), then {measured}; items/sec = images / measured wall time;",
         "  ms/batch mean, median, p90, p99, std over the measured batches; batch 1 = latency, 64 = throughput.",
         f"  scenario {'/'.join(scenarios)}: sync = one request at a time; async = several streams in parallel "
-        "(DeepSparse multi_stream, OpenVINO THROUGHPUT hint; n/a for PyTorch and ONNX Runtime).",
+        "(DeepSparse multi_stream, OpenVINO THROUGHPUT hint; n/a for PyTorch and ONNX Runtime); pipelined = one",
+        "  engine call at a time on its own thread while pre-processing of the next batch and post-processing of the",
+        "  previous one run on the caller's (items/sec counts; the stage times overlap).",
         f"  threads per engine: {s.num_cores or 'engine default'}; rows run one after another in this process.",
         "  foreign CPU load = (busy time of all CPUs from /proc/stat - this process's CPU time) / (wall x CPUs),",
         "  during the measured window; rows above 5% are flagged because other work distorts CPU timings.",

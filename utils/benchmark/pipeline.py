@@ -7,9 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from utils.augmentations import letterbox, to_blob
 from utils.engines.base import Engine
-from utils.predict import Predictor
+from utils.predict import Letterboxer, Predictor
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -51,23 +50,28 @@ class Pipeline:
         self.engine = engine
         self.imgsz = tuple(engine.imgsz or imgsz)
         self.post = Predictor(engine, self.imgsz, conf_thres, iou_thres, max_det=max_det)
+        self.letterboxer = Letterboxer()
 
     def preprocess(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[tuple]]:
-        """BGR HWC -> float32 NCHW RGB [0,1]; auto=False so batch 1 is not padded smaller than batch 64 is."""
-        batch, meta = [], []
-        for im0 in images:
-            im, ratio, pad = letterbox(im0, self.imgsz, auto=False, stride=self.engine.stride)
-            batch.append(im)
-            meta.append((im.shape[:2], im0.shape[:2], (ratio, pad)))
-        return to_blob(batch), meta
+        """BGR HWC -> NCHW RGB (float32 [0,1], or uint8 for a uint8-input graph); auto=False so batch 1 is not
+        padded smaller than batch 64 is."""
+        return self.letterboxer(images, self.imgsz, False, self.engine.stride, self.engine.input_dtype)
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """The engine stage alone (the pipelined scenario runs it on its own thread)."""
+        return self.engine(x)
+
+    def postprocess(self, pred: np.ndarray, meta: list[tuple]) -> list[np.ndarray]:
+        """NMS and rescale to each original image."""
+        return self.post.postprocess(pred, meta)
 
     def __call__(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], tuple[float, float, float]]:
         """Detections per image and (pre, engine, post) milliseconds for this one batch."""
         t0 = time.perf_counter()
         x, meta = self.preprocess(images)
         t1 = time.perf_counter()
-        pred = self.engine(x)
+        pred = self.infer(x)
         t2 = time.perf_counter()
-        dets = self.post.postprocess(pred, meta)
+        dets = self.postprocess(pred, meta)
         t3 = time.perf_counter()
         return dets, ((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)

@@ -2,14 +2,17 @@
 
 sync: one caller, one batch at a time (batch 1 = latency). async: several streams each running the whole pipeline
 concurrently on an engine that schedules parallel requests (DeepSparse multi-stream, OpenVINO THROUGHPUT).
+pipelined: one engine, but pre-processing of the next batch and post-processing of the previous one run on the
+calling thread while a second thread runs the engine (numpy, OpenCV and the engines release the GIL).
 """
 from __future__ import annotations
 
+import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -17,6 +20,16 @@ from .machine import ForeignLoadMeter
 
 StageTimes = tuple[float, float, float]
 Step = Callable[[list[np.ndarray]], tuple[Any, StageTimes]]
+
+
+class Staged(Protocol):
+    """A pipeline whose three stages can be called one by one (utils.benchmark.pipeline.Pipeline)."""
+
+    def preprocess(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[tuple]]: ...
+
+    def infer(self, x: np.ndarray) -> np.ndarray: ...
+
+    def postprocess(self, pred: np.ndarray, meta: list[tuple]) -> list[np.ndarray]: ...
 
 
 @dataclass
@@ -135,6 +148,85 @@ def measure_async(step: Step, images: list[np.ndarray], streams: int, warmup: in
         raise errors[0]
     for r in results:
         for t in r:
+            m.add(t)
+    m.wall_s, m.foreign_load, m.own_cpu_share = meter.wall_s, meter.foreign, meter.own_cpu_share
+    return m
+
+
+IN_FLIGHT = 2  # batches pre-processed but not yet through the engine: the one it runs and the next one
+
+
+def run_pipelined(pipe: Staged, batches: Iterable[list[np.ndarray]]) -> Iterator[tuple[list[np.ndarray], StageTimes]]:
+    """Detections and (pre, engine, post) ms per batch, in order, with the engine on its own thread.
+
+    The calling thread pre-processes batch k+1 and post-processes finished batches while the engine thread runs
+    batch k: pre + post hide behind the engine wherever cores allow. At most IN_FLIGHT batches wait for or are in
+    the engine (bounded memory); every batch has its own input array, so results equal the plain loop's.
+    """
+    todo: queue.Queue = queue.Queue()
+    done: queue.Queue = queue.Queue()
+    free = threading.Semaphore(IN_FLIGHT)
+
+    def engine_loop() -> None:
+        while (item := todo.get()) is not None:
+            k, x, meta, t_pre = item
+            try:
+                t0 = time.perf_counter()
+                pred = pipe.infer(x)
+                done.put((k, pred, meta, t_pre, (time.perf_counter() - t0) * 1e3))
+            except BaseException as e:  # hand it to the caller, who re-raises it
+                done.put((k, e, None, 0.0, 0.0))
+            finally:
+                free.release()
+
+    def finish(item: tuple) -> tuple[list[np.ndarray], StageTimes]:
+        k, pred, meta, t_pre, t_engine = item
+        if isinstance(pred, BaseException):
+            raise pred
+        t0 = time.perf_counter()
+        dets = pipe.postprocess(pred, meta)
+        return dets, (t_pre, t_engine, (time.perf_counter() - t0) * 1e3)
+
+    worker = threading.Thread(target=engine_loop, daemon=True)
+    worker.start()
+    submitted = finished = 0
+    try:
+        for images in batches:
+            while not free.acquire(blocking=False):  # enough queued: post-process while the engine works
+                yield finish(done.get())
+                finished += 1
+            t0 = time.perf_counter()
+            x, meta = pipe.preprocess(images)
+            todo.put((submitted, x, meta, (time.perf_counter() - t0) * 1e3))
+            submitted += 1
+            while not done.empty():  # results that are ready: post-process them before the next pre
+                yield finish(done.get())
+                finished += 1
+        while finished < submitted:
+            yield finish(done.get())
+            finished += 1
+    finally:
+        todo.put(None)
+        worker.join()
+
+
+def measure_pipelined(pipe: Staged, images: list[np.ndarray], warmup: int = 25, iterations: int = 80,
+                      time_s: float | None = None) -> Measurement:
+    """Like measure_sync, batches through run_pipelined: items/sec is what counts (stage times overlap, so their
+    sum per batch is more than the wall time per batch)."""
+    m = Measurement(batch_size=len(images), warmup=warmup)
+    for _ in run_pipelined(pipe, (images for _ in range(warmup))):
+        pass
+    with ForeignLoadMeter() as meter:
+        start = time.perf_counter()
+
+        def batches() -> Iterator[list[np.ndarray]]:
+            n = 0
+            while _more(n, iterations, time_s, start):
+                n += 1
+                yield images
+
+        for _, t in run_pipelined(pipe, batches()):
             m.add(t)
     m.wall_s, m.foreign_load, m.own_cpu_share = meter.wall_s, meter.foreign, meter.own_cpu_share
     return m

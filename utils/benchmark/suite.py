@@ -13,7 +13,7 @@ from utils.engines.base import Engine, EngineUnavailable
 
 from .machine import FOREIGN_LOAD_WARN
 from .pipeline import Pipeline, fill_batch
-from .runner import measure_async, measure_sync
+from .runner import measure_async, measure_pipelined, measure_sync
 from .streams import ASYNC_ENGINES, NoAsync, default_streams, load_stream_engine
 from .variants import NotApplicable, Variant
 
@@ -66,6 +66,8 @@ def measure_row(v: Variant, engine: str, batch_size: int, scenario: str, images:
         streams = getattr(eng, "num_streams", None) or 1
         if scenario == "async":
             m = measure_async(pipe, batch, streams, s.warmup, s.iterations, s.time_s)
+        elif scenario == "pipelined":
+            m = measure_pipelined(pipe, batch, s.warmup, s.iterations, s.time_s)
         else:
             m = measure_sync(pipe, batch, s.warmup, s.iterations, s.time_s)
         info = eng.info()

@@ -41,7 +41,7 @@ def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), im
                    device: str = "cpu", verify: bool = True, log=print, verify_strict: bool = False,
                    prune: Callable[[nn.Module], str] | None = None, int8: bool = False, data: str | dict | None = None,
                    calib_images: int = 128, int8_format: str = "qdq", calib_method: str = DEFAULT_METHOD,
-                   verify_images: int = 8) -> dict[str, Any]:
+                   verify_images: int = 8, uint8_input: bool = False) -> dict[str, Any]:
     """Checkpoint -> ONNX (+ INT8, + OpenVINO) next to it, with metadata, a sparsity check, a numeric check, sizes.
 
     prune: optional one-shot step on the loaded model (export.py's old --sparsity); it returns a tag for the file name
@@ -50,11 +50,14 @@ def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), im
     checkpoint is INT8 already: its file is the INT8 one). With `data`, verification uses the dataset's images.
     "ultralytics" in include: also write <stem>_ultralytics.pt in Ultralytics YOLOv5's own (pickled) layout; alone,
     with no --int8, it is the only file written.
+    uint8_input: the graph takes uint8 NCHW RGB pixels and divides by 255 itself (no float conversion in the caller).
     """
-    check_int8_options(int8, data, int8_format, dynamic)
+    check_int8_options(int8, data, int8_format, dynamic, uint8_input)
     images = calibration_images(data, max(calib_images, verify_images)) if data else []  # before writing anything
     weights = Path(weights)
     model = load_model(str(weights), device=device, fuse=False)
+    if uint8_input and is_qat(model):
+        raise ValueError("--uint8-input applies to float exports only; this checkpoint is QAT (INT8)")
     hw = tuple(check_img_size(list(as_hw(imgsz)), s=int(model.stride.max())))  # round up and warn
     tag = prune(model) if prune is not None else ""
     sparsity = model_sparsity(model)
@@ -70,7 +73,8 @@ def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), im
     if is_qat(model) and int8_format == "qdq":  # learned scales, written in the form every engine runs as INT8
         onnx_file = export_qat_qdq(model, target, hw, batch_size, meta)
     else:  # float, or a QAT model in SparseML's ConvInteger form (--int8-format convinteger, for DeepSparse)
-        onnx_file = export_onnx(prepare_model(model), target, hw, batch_size, dynamic, opset, meta, simplify)
+        onnx_file = export_onnx(prepare_model(model, uint8_input=uint8_input), target, hw, batch_size, dynamic, opset,
+                                meta, simplify)
     result: dict[str, Any] = {"files": [onnx_file], "sparsity": sparsity, "metadata": meta}
     log(f"export: wrote {onnx_file} ({describe(onnx_file)})")
     result["onnx_sparsity"] = onnx_conv_sparsity(onnx_file)["sparsity"]
@@ -130,8 +134,11 @@ def dataset_name(data: str | dict | None) -> str:
     return str(data.get("yaml_file", "the dataset")) if isinstance(data, dict) else str(data)
 
 
-def check_int8_options(int8: bool, data: str | dict | None, int8_format: str, dynamic: bool) -> None:
+def check_int8_options(int8: bool, data: str | dict | None, int8_format: str, dynamic: bool,
+                       uint8_input: bool = False) -> None:
     """One line for an --int8 request that cannot work, before anything is loaded or written."""
+    if int8 and uint8_input:
+        raise ValueError("--uint8-input applies to float exports only: drop --int8 (INT8 files keep a float input)")
     if int8_format not in INT8_FORMATS:
         raise ValueError(f"--int8-format {int8_format!r}: choose one of {', '.join(INT8_FORMATS)}")
     if int8 and not data:
