@@ -15,7 +15,7 @@ import torch
 from onnx import TensorProto, helper
 
 from models.yolo import DetectionModel
-from tests.test_faults import guarded
+from tests.test_faults import guarded, user_env
 from utils.checkpoint import CheckpointError, load_model, save_checkpoint
 from utils.engines import check_onnx_file, load_engine
 from utils.export import export_onnx, prepare_model
@@ -132,7 +132,7 @@ def test_openvino_export_and_detect_send_no_telemetry(tmp_path: Path, yolov5n_pt
     raw_home = tmp_path / "raw_home"  # control: openvino imported without our opt-out writes its client id there
     raw_home.mkdir()
     subprocess.run([sys.executable, "-c", f"import openvino as ov; ov.convert_model({str(tmp_path / 'yolov5n.onnx')!r})"],
-                   env={**os.environ, "HOME": str(raw_home)}, check=True, capture_output=True, timeout=300)
+                   env={**user_env(), "HOME": str(raw_home)}, check=True, capture_output=True, timeout=300)
     assert [p for p in raw_home.rglob("*") if "intel" in p.name.lower()]
 
 
