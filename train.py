@@ -35,6 +35,7 @@ from utils.data_config import DatasetError  # noqa: E402
 from utils.loggers import TrainLogger  # noqa: E402
 from utils.train_utils import increment_path, latest_run  # noqa: E402
 from utils.sparsity.channel.training import ChannelLayoutCallback  # noqa: E402
+from utils.sparsity.distillation import DistillationCallback  # noqa: E402
 from utils.sparsity.manager import SparseStartWarning, SparsificationCallback  # noqa: E402
 from utils.sparsity.recipes import RecipeError, load_recipe  # noqa: E402
 from utils.trainer import Trainer, TrainConfigError  # noqa: E402
@@ -81,6 +82,9 @@ def parse_opt(known: bool = False, args: list[str] | None = None) -> argparse.Na
     parser.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="automatic DDP Multi-GPU argument")
     parser.add_argument("--recipe", type=str, default=None, help="SparseML recipe: .yaml/.md path, zoo: stub or YAML text")
     parser.add_argument("--recipe-args", type=str, default=None, help="json/yaml dict overriding recipe variables")
+    parser.add_argument("--teacher-weights", type=str, default="",
+                        help="dense trained .pt to distil from (the recipe's DistillationModifier sets when and how "
+                             "much; without one the whole run distils, hardness 0.5, temperature 2)")
     return parser.parse_known_args(args)[0] if known else parser.parse_args(args)
 
 
@@ -146,13 +150,21 @@ def init_distributed(opt: argparse.Namespace) -> None:
 
 
 def sparsification_callbacks(opt: argparse.Namespace) -> list[Callback]:
-    """--recipe: check it now (before data and model are built), then run it through the trainer's hooks."""
+    """--recipe: check it now (before data and model are built), then run it through the trainer's hooks;
+    --teacher-weights: distillation, scheduled by the recipe's DistillationModifier when it has one."""
+    teacher = getattr(opt, "teacher_weights", "") or ""
+    if teacher:
+        opt.teacher_weights = teacher = _resolve(teacher)
+        if not Path(teacher).is_file():
+            raise TrainConfigError(f"--teacher-weights {teacher}: file not found; pass a dense .pt trained on --data")
     if not getattr(opt, "recipe", None):
-        return [SparseStartWarning()]  # a sparse checkpoint without a recipe: its zeros fill in, so say so
+        # a sparse checkpoint without a recipe: its zeros fill in, so say so
+        return [SparseStartWarning()] + ([DistillationCallback(teacher)] if teacher else [])
     if "\n" not in str(opt.recipe) and not str(opt.recipe).startswith("zoo:"):
         opt.recipe = _resolve(str(opt.recipe))
     load_recipe(opt.recipe, opt.recipe_args)  # RecipeError names recipe, modifier and field
-    return [SparsificationCallback(opt.recipe, opt.recipe_args)]
+    recipe = SparsificationCallback(opt.recipe, opt.recipe_args)
+    return [recipe, DistillationCallback(teacher, recipe)]
 
 
 def main(opt: argparse.Namespace, callbacks: list[Callback] | None = None) -> dict:

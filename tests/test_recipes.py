@@ -1,6 +1,7 @@
 """Recipe loading: .yaml/.md/text forms, variables, and one clear message per broken-recipe case."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,37 @@ def test_phases_come_from_what_each_modifier_is() -> None:
     assert {modifier_kind(m) for m in qat.modifiers()} >= {"qat", "gradual_pruning", "lr"}
     transfer = load_recipe(root / "yolov5.transfer_learn_pruned.yaml")
     assert transfer.has("constant_pruning") and not transfer.has("gradual_pruning")
+
+
+SHORT = ["yolov5n.pruned.short.yaml", "yolov5n.pruned_quantized.short.yaml", "yolov5n.channel_pruned.short.yaml"]
+
+
+@pytest.mark.parametrize("name", SHORT)
+@pytest.mark.parametrize("epochs", [3, 5, 8, 20, 41])
+def test_short_recipes_derive_every_epoch_from_num_epochs(name: str, epochs: int, tiny_model) -> None:
+    """Any budget gives a valid schedule that ends at num_epochs (the long recipes fail at num_epochs 5)."""
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    rec = load_recipe(root / name, {"num_epochs": epochs}, model=tiny_model)
+    assert rec.manager.max_epochs == epochs
+    ends = [float(m.end_epoch) for m in rec.modifiers() if float(getattr(m, "end_epoch", -1)) >= 0]
+    assert max(ends) <= epochs
+    qat = [float(m.start_epoch) for m in rec.modifiers() if type(m).__name__ == "QuantizationModifier"]
+    prune_end = max((float(m.end_epoch) for m in rec.modifiers() if "Pruning" in type(m).__name__), default=0)
+    assert all(prune_end <= q < epochs for q in qat)  # QAT starts after pruning has finished
+    if epochs == 5:
+        with pytest.raises(RecipeError, match="end_epoch of 3.0 must be greater"):
+            load_recipe(root / "yolov5n.pruned.yaml", {"num_epochs": 5}, model=tiny_model)
+
+
+@pytest.mark.parametrize("name", SHORT[:2])
+def test_short_pruning_recipes_reach_sixty_percent(name: str, tiny_model) -> None:
+    """The per-group targets weighted by each group's conv weights give >= 60% global conv sparsity (62.6%)."""
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    rec = load_recipe(root / name, model=tiny_model)
+    convs = {n: p.numel() for n, p in tiny_model.named_parameters() if p.dim() == 4}
+    zeros = 0.0
+    for m in rec.modifiers():
+        if type(m).__name__ == "GMPruningModifier":
+            pattern = m.params[0].removeprefix("re:")
+            zeros += sum(size * float(m.final_sparsity) for n, size in convs.items() if re.match(pattern, n))
+    assert zeros / sum(convs.values()) == pytest.approx(0.626, abs=0.001)

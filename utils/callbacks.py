@@ -14,7 +14,7 @@ Order inside Trainer.fit():
            loaded -> optimizer, scheduler, loaders, EMA -> [resume] optimizer/scheduler/EMA state restored
     on_train_start
     per epoch: on_train_epoch_start
-        per batch: on_train_batch_start, forward/backward,
+        per batch: on_train_batch_start, forward, loss, on_loss, backward,
                    (when an optimizer step is due) on_before_optimizer_step, step, on_after_optimizer_step, EMA update
                    on_train_batch_end
         scheduler step, on_train_epoch_end, validation, on_fit_epoch_end(metrics),
@@ -50,6 +50,10 @@ class Callback:
 
     def on_train_batch_start(self, trainer: Trainer) -> None:
         """trainer.ni (global batch index) and trainer.batch_i are set; trainer.imgs/targets hold the batch."""
+
+    def on_loss(self, trainer: Trainer) -> None:
+        """trainer.loss / loss_items hold this batch's task loss for trainer.pred (the model's outputs on
+        trainer.batch_input); replace trainer.loss to change what is backpropagated (e.g. distillation)."""
 
     def on_before_optimizer_step(self, trainer: Trainer) -> None:
         """Gradients are unscaled and clipped; mask them here (pruning) before the weights move."""

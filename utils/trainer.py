@@ -132,6 +132,8 @@ class Trainer:
         self.metrics: dict = {}
         self.ema: ModelEMA | None = None
         self.scheduler: Any = None
+        self.batch_input: torch.Tensor | None = None  # this step's model input and outputs, for on_loss hooks
+        self.pred: Any = None
         self._resume_ckpt: dict | None = None
         self.background_plots: Any = None  # utils.plots.BackgroundPlots once a plot runs in another process
 
@@ -437,13 +439,16 @@ class Trainer:
         if self.scaler.is_enabled() != self.amp:  # a hook switched AMP (e.g. off at QAT start)
             self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
         with torch.autocast(self.device.type, enabled=self.amp):
-            pred = self.model(imgs)
-            loss, self.loss_items = self.compute_loss(pred, self.targets)
+            self.batch_input = imgs
+            self.pred = self.model(imgs)
+            self.loss, self.loss_items = self.compute_loss(self.pred, self.targets)
+            self.callbacks.on_loss(self)
             if self.world_size > 1 and self.local_rank != -1:
-                loss = loss * self.world_size  # DDP averages gradients over ranks; Ultralytics sums them
-        self.loss = loss
+                self.loss = self.loss * self.world_size  # DDP averages gradients over ranks; Ultralytics sums them
+        loss = self.loss
         self._check_finite_loss()
         self.scaler.scale(loss).backward()
+        self.pred = self.batch_input = None  # outputs are not kept past the step
         if self.ni - self.last_opt_step >= self.accumulate:
             self.optimizer_step()
 

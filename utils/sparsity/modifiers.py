@@ -13,7 +13,7 @@ from utils.compat import import_sparseml
 # recipe tag -> module that defines and registers it (imported only when a recipe is built: it imports sparseml)
 MODIFIERS = {"ChannelPruningModifier": "utils.sparsity.channel_modifier"}
 
-KINDS = ("qat", "lr", "gradual_pruning", "constant_pruning", "other")
+KINDS = ("qat", "lr", "gradual_pruning", "constant_pruning", "distillation", "other")
 
 
 def sparseml_manager_class() -> Any:
@@ -31,6 +31,8 @@ def modifier_kind(m: Any) -> str:
         return "qat"
     if "learning_rate" in types:
         return "lr"
+    if "distillation" in types:
+        return "distillation"
     if types & {"pruning", "structured"}:
         return "gradual_pruning" if _is_gradual(m) else "constant_pruning"
     return "other"
