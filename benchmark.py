@@ -8,6 +8,8 @@ Usage:
     python benchmark.py --weights yolov5n.onnx --engines deepsparse openvino --scenario async --batch-size 64
     python benchmark.py --cfg models/yolov5n.yaml --random --time 10 --num-cores 2
     python benchmark.py --weights yolov5n.onnx --batch-size 64 --scenario sync pipelined  # overlap pre/post
+    python benchmark.py --weights dense.pt pruned.pt pq_int8.onnx --data pistols.yaml --img 416 --batch-size 1 64
+                                                            # + mAP of each timed file: frontier.png, Table 1
 
 Each row: pre-process (letterbox, normalize, NCHW) + engine + post-process (NMS, rescale), timed separately, after
 warm-up; results in runs/benchmark/exp*/ (results.csv, results.json, benchmark.png) with the ratio to a baseline.
@@ -31,7 +33,8 @@ from utils.sparsity.methods import DATA_FREE  # noqa: E402
 from utils.benchmark.cli import build_variants, method_text, validate  # noqa: E402
 from utils.benchmark.machine import format_machine, machine_report  # noqa: E402
 from utils.benchmark.pipeline import load_images, random_images  # noqa: E402
-from utils.benchmark.report import add_ratios, collect_warnings, write_outputs  # noqa: E402
+from utils.benchmark.accuracy import AccuracyProbe, add_accuracy_ratios  # noqa: E402
+from utils.benchmark.report import add_ratios, collect_warnings, parse_baseline, write_outputs  # noqa: E402
 from utils.benchmark.suite import Settings, run_grid  # noqa: E402
 from utils.cli import check_options, exit_on_user_error  # noqa: E402
 from utils.export import DEFAULT_OPSET  # noqa: E402
@@ -47,7 +50,8 @@ def run(weights: list[str] | None = None, cfg: str | None = None, engines: list[
         baseline: str = "onnxruntime:dense", conf_thres: float = 0.25, iou_thres: float = 0.45, max_det: int = 1000,
         openvino_precision: str = "f32", opset: int = DEFAULT_OPSET, device: str = "cpu",
         project: str = "runs/benchmark", name: str = "exp", exist_ok: bool = False,
-        channel_prune: list[float] | None = None, channel_allocation: str = "uniform") -> dict[str, Any]:
+        channel_prune: list[float] | None = None, channel_allocation: str = "uniform", data: str | None = None,
+        workers: int = 2, allow_download_code: bool = False) -> dict[str, Any]:
     """Time every (batch size, variant, engine, scenario); returns the report dict (also saved as results.json)."""
     check_options(threads=num_cores)
     engines, scenario = validate(engines or list(ENGINES), batch_size, sparsity, scenario, warmup, iterations, time_s)
@@ -57,19 +61,22 @@ def run(weights: list[str] | None = None, cfg: str | None = None, engines: list[
     machine = machine_report(num_cores)
     LOGGER.info(format_machine(machine))
     LOGGER.info(method_text(settings, scenario))
+    probe = AccuracyProbe(data, settings.imgsz, workers, allow_download_code) if data else None
     source = source or str(assets_dir() / "images")
     images = random_images(2, settings.imgsz) if random else load_images(source)
     if channel_prune and any(not 0 < f < 1 for f in channel_prune):
         raise ValueError(f"--channel-prune {channel_prune}: fractions of conv FLOPs to remove, each in (0, 1)")
     variants, notes = build_variants(weights, cfg, sparsity, method, block, quantize, opset, max(settings.imgsz),
-                                     channel_prune, channel_allocation)
+                                     channel_prune, channel_allocation, probe)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)  # only once the inputs are good
     inputs = "random noise" if random else f"{len(images)} images from {source}"
     LOGGER.info(f"Variants: {', '.join(v.name for v in variants)}; engines: {', '.join(engines)}; "
                 f"batch sizes: {', '.join(map(str, batch_size))}; inputs: {inputs}")
     rows = run_grid(variants, engines, list(batch_size), scenario, images, settings, save_dir / "models",
-                    machine["cores_used"] or 1, LOGGER.info)
+                    machine["cores_used"] or 1, LOGGER.info, probe)
     notes += [n for n in [add_ratios(rows, baseline)] if n]
+    if probe is not None:
+        add_accuracy_ratios(rows, *parse_baseline(baseline))
     warnings = collect_warnings(rows, machine)
     report = {"machine": machine, "method": method_text(settings, scenario), "settings": vars(settings),
               "baseline": baseline, "rows": rows, "warnings": warnings, "notes": notes, "save_dir": str(save_dir)}
@@ -98,6 +105,12 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                         "scaled by each layer's ONNX Runtime time per MAC (profiled on the dense model)")
     p.add_argument("--quantize", action="store_true", help="add INT8 twins of the built variants (needs an exporter)")
     p.add_argument("--source", type=str, default=None, help="image file/folder (default: shared demo images)")
+    p.add_argument("--data", type=str, default=None,
+                   help="dataset yaml: also validate every timed file on its val split (mAP50, %% of dense, "
+                        "frontier.png), and calibrate --quantize twins on its train images")
+    p.add_argument("--workers", type=int, default=2, help="dataloader workers for --data validation")
+    p.add_argument("--allow-download-code", action="store_true",
+                   help="let --data's Python 'download:' snippet run if the dataset is missing (else refused)")
     p.add_argument("--random", action="store_true", help="random-noise images instead of --source")
     p.add_argument("--warmup", type=int, default=25, help="warm-up batches per row (not measured)")
     p.add_argument("--iterations", type=int, default=80, help="measured batches per row")

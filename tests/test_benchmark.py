@@ -212,7 +212,7 @@ def test_ratio_to_baseline_per_batch_size():
 def test_end_to_end_run_writes_csv_json_png(tiny_model, tmp_path, monkeypatch):
     from utils.benchmark import cli
 
-    monkeypatch.setattr(cli, "find_int8_exporter", lambda: None)  # as if no INT8 exporter could be imported
+    monkeypatch.setattr(cli, "find_int8_exporter", lambda images=None: None)  # as if no INT8 exporter could be imported
     out = benchmark.run(cfg="models/yolov5n.yaml", engines=["torch", "ort"], batch_size=[1], imgsz=[64],
                         sparsity=[0, 0.5], block=["none"], quantize=True, random=True, warmup=1, iterations=2,
                         project=str(tmp_path), name="exp")

@@ -8,12 +8,15 @@ from utils.assets import asset
 from utils.checkpoint import load_model
 from utils.engines import engine_name
 from utils.sparsity.blocks import parse_block
+from utils.sparsity.calibration import calibration_files
 
+from .accuracy import AccuracyProbe
 from .suite import Settings
 from .variants import (
     Variant,
     calibrate_bn,
     channel_variants,
+    data_recalibration,
     file_variant,
     find_int8_exporter,
     int8_variants,
@@ -67,24 +70,26 @@ def _base_models(weights: list[str] | None, cfg: str | None, sparsity: list[floa
 
 def build_variants(weights: list[str] | None, cfg: str | None, sparsity: list[float] | None, method: str,
                    block: list[str], quantize: bool, opset: int, imgsz: int = 640,
-                   channel_prune: list[float] | None = None,
-                   channel_allocation: str = "uniform") -> tuple[list[Variant], list[str]]:
+                   channel_prune: list[float] | None = None, channel_allocation: str = "uniform",
+                   probe: AccuracyProbe | None = None) -> tuple[list[Variant], list[str]]:
     """Dense/pruned FP32 copies of each base model (and of its channel-pruned copies), user files as given, INT8
-    twins when an exporter exists."""
+    twins when an exporter exists (calibrated on --data train images when given)."""
     calib_size = imgsz  # built models get their detection head calibrated at the benchmark's size
     bases, files = _base_models(weights, cfg, sparsity or channel_prune, calib_size)
+    calib = calibration_sample(probe.data_dict) if probe else None
+    calibrate = data_recalibration(calib, calib_size) if calib else None  # trained heads stay as trained
     blocks = list(dict.fromkeys(parse_block(b) for b in block))
     levels = sorted(set(sparsity or [0.0]))
     variants: list[Variant] = []
     for group, model, source in bases:
-        variants += pruned_models(model, group, levels, blocks, method, opset, source, calib_size)
+        variants += pruned_models(model, group, levels, blocks, method, opset, source, calib_size, calibrate)
         if channel_prune:
             variants += channel_variants(model, group, channel_prune, channel_allocation, sorted(set(levels) | {0.0}),
-                                         blocks, method, opset, source, calib_size)
+                                         blocks, method, opset, source, calib_size, calibrate)
     variants += [file_variant(p, opset) for p in files]
     notes = []
     if quantize:
-        exporter = find_int8_exporter()
+        exporter = find_int8_exporter(calib)
         if exporter is None:
             notes.append(NO_INT8)
         else:
@@ -92,6 +97,12 @@ def build_variants(weights: list[str] | None, cfg: str | None, sparsity: list[fl
     if any(b > 1 for b in blocks) and not bases:
         notes.append("--block applies to models pruned here (--cfg, or .pt with --sparsity); files are timed as given")
     return variants, notes
+
+
+def calibration_sample(data_dict: dict, n: int = 128) -> list[str]:
+    """n train images spread evenly over the split (PTQ calibration for --quantize twins with --data)."""
+    files = sorted(calibration_files(data_dict))
+    return files[::max(1, len(files) // n)][:n]
 
 
 def method_text(s: Settings, scenarios: list[str]) -> str:

@@ -9,12 +9,14 @@ from typing import Any, Callable
 
 from utils.engines import ENGINES
 
+from .frontier import format_accuracy_markdown, plot_frontier
 from .machine import int8_warning
 
 COLUMNS = ("model", "variant", "sparsity", "pattern", "precision", "engine", "engine_version", "batch_size",
            "scenario", "streams", "threads", "imgsz", "warmup", "iterations", "items_per_sec", "ms_mean",
            "ms_median", "ms_p90", "ms_p99", "ms_std", "pre_ms", "engine_ms", "post_ms", "wall_s", "foreign_load",
-           "ratio", "status", "int8_kernels", "note")
+           "ratio", "pre_post_share", "size_gzip_mb", "map50", "map50_95", "P", "R", "map50_kept", "status",
+           "int8_kernels", "note")
 
 
 def parse_baseline(spec: str) -> tuple[str, str]:
@@ -62,8 +64,10 @@ def _note(r: dict) -> str:
 def format_table(rows: list[dict], baseline: str) -> str:
     """Fixed-width console table, one row per (variant, engine, batch, scenario)."""
     wv = min(max([len(r["variant"]) for r in rows] + [7]), 48)
+    acc = any(r.get("map50") is not None for r in rows)
     head = (f"{'variant':<{wv}} {'engine':<12} {'bs':>3} {'scen':<7} {'items/s':>8} {'mean':>8} {'median':>8} "
-            f"{'p90':>8} {'p99':>8} {'std':>6} {'pre':>6} {'infer':>8} {'post':>6} {'load%':>6} {'ratio':>6}  note")
+            f"{'p90':>8} {'p99':>8} {'std':>6} {'pre':>6} {'infer':>8} {'post':>6} {'load%':>6} {'ratio':>6}"
+            + (f" {'mAP50':>6} {'kept%':>6}" if acc else "") + "  note")
     lines = [f"ms/batch end to end (pre + infer + post); ratio = items/s over {baseline} at the same batch size",
              head]
     for r in rows:
@@ -74,7 +78,9 @@ def format_table(rows: list[dict], baseline: str) -> str:
             f"{_fmt(r.get('items_per_sec')):>8} {_fmt(r.get('ms_mean')):>8} {_fmt(r.get('ms_median')):>8} "
             f"{_fmt(r.get('ms_p90')):>8} {_fmt(r.get('ms_p99')):>8} {_fmt(r.get('ms_std')):>6} "
             f"{_fmt(r.get('pre_ms')):>6} {_fmt(r.get('engine_ms')):>8} {_fmt(r.get('post_ms')):>6} "
-            f"{_fmt(load):>6} {_fmt(r.get('ratio'), '.2f'):>6}  {_note(r)}")
+            f"{_fmt(load):>6} {_fmt(r.get('ratio'), '.2f'):>6}"
+            + (f" {_fmt(r.get('map50'), '.3f'):>6} {_fmt(r.get('map50_kept') and 100 * r['map50_kept']):>6}"
+               if acc else "") + f"  {_note(r)}")
     return "\n".join(lines)
 
 
@@ -101,7 +107,8 @@ def format_markdown(rows: list[dict], baseline: str) -> str:
         out.append("")
     kernels = [f"- {r['variant']} on {r['engine']} (batch {r['batch_size']}): {r['int8_kernels']}"
                for r in rows if r.get("int8_kernels")]
-    return "\n".join(out + (["INT8 rows, convolutions the backend ran in INT8:", *kernels, ""] if kernels else []))
+    out += (["INT8 rows, convolutions the backend ran in INT8:", *kernels, ""] if kernels else [])
+    return "\n".join(out) + "\n" + format_accuracy_markdown(rows, baseline)
 
 
 def _round(v: Any) -> Any:
@@ -178,7 +185,9 @@ def write_outputs(report: dict[str, Any], save_dir: Path, log: Callable[[str], N
     md = save_dir / "results.md"
     md.write_text(format_markdown(report["rows"], report["baseline"]), encoding="utf-8")
     files = [write_csv(report["rows"], save_dir / "results.csv"), write_json(report, save_dir / "results.json"),
-             plot_bars(report["rows"], save_dir / "benchmark.png"), md]
+             plot_bars(report["rows"], save_dir / "benchmark.png"), md,
+             plot_frontier(report["rows"], save_dir / "frontier.png")]
+    files = [f for f in files if f is not None]  # no frontier without --data
     log(f"Results saved to {save_dir} ({', '.join(f.name for f in files)})")
 
 

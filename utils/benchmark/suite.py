@@ -11,6 +11,7 @@ import numpy as np
 from utils.engines import load_engine
 from utils.engines.base import Engine, EngineUnavailable
 
+from .accuracy import AccuracyProbe, gzip_mb
 from .machine import FOREIGN_LOAD_WARN
 from .pipeline import Pipeline, fill_batch
 from .runner import measure_async, measure_pipelined, measure_sync
@@ -52,9 +53,21 @@ def base_row(v: Variant, engine: str, batch_size: int, scenario: str, s: Setting
             "status": "ok", "note": "", "int8_kernels": None}
 
 
+def row_accuracy(probe: AccuracyProbe, v: Variant, engine: str, eng: Engine, batch_size: int, scenario: str,
+                 s: Settings, workdir: Path, cores: int) -> dict[str, Any]:
+    """mAP of the batch-1 file of (variant, engine): measured with the batch-1 sync row's engine, reused after."""
+    hit = probe.cached(v, engine)
+    if hit is not None:
+        return hit
+    if batch_size != 1 or scenario != "sync":
+        eng = open_engine(v.weights_for(engine, 1, s.imgsz, workdir), engine, 1, "sync", s, cores)
+    return probe.measure(v, engine, eng)
+
+
 def measure_row(v: Variant, engine: str, batch_size: int, scenario: str, images: list[np.ndarray], s: Settings,
-                workdir: Path, cores: int) -> dict[str, Any]:
-    """One timed row; n/a, unavailable and error rows keep their reason in `note`."""
+                workdir: Path, cores: int, probe: AccuracyProbe | None = None) -> dict[str, Any]:
+    """One timed row (and with a probe, the mAP of what it timed); n/a, unavailable and error rows keep their
+    reason in `note`."""
     row = base_row(v, engine, batch_size, scenario, s)
     try:
         if scenario == "async" and engine not in ASYNC_ENGINES:  # say so before paying for an export
@@ -76,8 +89,15 @@ def measure_row(v: Variant, engine: str, batch_size: int, scenario: str, images:
         row.update(m.summary(), engine_version=info["version"], threads=info.get("threads"),
                    imgsz=f"{pipe.imgsz[0]}x{pipe.imgsz[1]}")
         row["streams"] = streams if scenario == "async" else 1
+        row["pre_post_share"] = (row["pre_ms"] + row["post_ms"]) / row["ms_mean"] if row.get("ms_mean") else None
+        row["size_gzip_mb"] = gzip_mb(weights)
         if m.foreign_load is not None and m.foreign_load > FOREIGN_LOAD_WARN:
             row["note"] = f"foreign CPU load {m.foreign_load:.0%} > {FOREIGN_LOAD_WARN:.0%}: timing unreliable"
+        if probe is not None:  # after the timing: validation never overlaps a measured window
+            try:
+                row.update(row_accuracy(probe, v, engine, eng, batch_size, scenario, s, workdir, cores))
+            except Exception as e:  # the timing stands; the row says why its accuracy is missing
+                row["note"] = "; ".join(x for x in (row["note"], f"accuracy: {type(e).__name__}: {e}") if x)
     except (NotApplicable, NoAsync) as e:
         row.update(status="n/a", note=str(e))
     except EngineUnavailable as e:
@@ -89,14 +109,14 @@ def measure_row(v: Variant, engine: str, batch_size: int, scenario: str, images:
 
 def run_grid(variants: list[Variant], engines: list[str], batch_sizes: list[int], scenarios: list[str],
              images: list[np.ndarray], s: Settings, workdir: Path, cores: int,
-             log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+             log: Callable[[str], None] = print, probe: AccuracyProbe | None = None) -> list[dict[str, Any]]:
     """Every combination, batch size outermost so latency rows come first, as in the seed tables."""
     rows = []
     for bs in batch_sizes:
         for v in variants:
             for engine in engines:
                 for scenario in scenarios:
-                    row = measure_row(v, engine, bs, scenario, images, s, workdir, cores)
+                    row = measure_row(v, engine, bs, scenario, images, s, workdir, cores, probe)
                     gc.collect()  # the finished engine and its thread pool go before the next row is timed
                     rows.append(row)
                     log(_progress(row))
@@ -109,5 +129,6 @@ def _progress(row: dict[str, Any]) -> str:
     if row["status"] != "ok":
         return head + f"{row['status']} ({row['note']})"
     load = row.get("foreign_load")
-    return head + (f"{row['items_per_sec']:.2f} items/s, {row['ms_mean']:.1f} ms/batch"
+    acc = f", mAP50 {row['map50']:.3f}" if row.get("map50") is not None else ""
+    return head + (f"{row['items_per_sec']:.2f} items/s, {row['ms_mean']:.1f} ms/batch{acc}"
                    + (f", foreign load {load:.1%}" if load is not None else ""))

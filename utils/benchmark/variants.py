@@ -20,6 +20,7 @@ from utils.export.int8 import int8_format_for, sample_int8_exporter
 from utils.sparsity.measure import global_sparsity
 from utils.sparsity.methods import METHODS, PruneContext, get_method
 from utils.sparsity.oneshot import bn_recalibrate
+from utils.sparsity.calibration import calibration_batches as calibration_files_batches
 from utils.sparsity.ptq import calibration_batches
 
 # Exporter(model, file, imgsz, batch_size, fmt) -> path of an ONNX file; fmt is the INT8 form the engine runs best
@@ -39,9 +40,10 @@ def register_int8_exporter(fn: Int8Exporter) -> Int8Exporter:
     return fn
 
 
-def find_int8_exporter() -> Int8Exporter | None:
-    """The last registered INT8 exporter, else post-training QDQ/ConvInteger calibrated on the sample images."""
-    return _INT8_EXPORTERS[-1] if _INT8_EXPORTERS else sample_int8_exporter()
+def find_int8_exporter(images: list[str] | None = None) -> Int8Exporter | None:
+    """The last registered INT8 exporter, else post-training QDQ/ConvInteger calibrated on `images` (default: the
+    sample images)."""
+    return _INT8_EXPORTERS[-1] if _INT8_EXPORTERS else sample_int8_exporter(images)
 
 
 def fp32_exporter(opset: int = DEFAULT_OPSET) -> Int8Exporter:
@@ -170,8 +172,19 @@ def calibrate_head(model: nn.Module, x: torch.Tensor, candidates: int = 100, con
     return model
 
 
+def data_recalibration(files: list[str], size: int, images: int = 64) -> Callable[[nn.Module], nn.Module]:
+    """benchmark.py --data: BN statistics of a pruned copy re-estimated on the dataset's train images, head untouched
+    (the trained head's scores are what its mAP measures)."""
+    def recalibrate(model: nn.Module) -> nn.Module:
+        batches = calibration_files_batches(files, size, batch_size=8, n_images=images)
+        bn_recalibrate(model, batches, len(batches))
+        return model.eval()
+    return recalibrate
+
+
 def pruned_models(base: nn.Module, group: str, levels: list[float], blocks: list[int], method: str, opset: int,
-                  source: str, calib_size: int = 640) -> list[Variant]:
+                  source: str, calib_size: int = 640,
+                  calibrate: Callable[[nn.Module], nn.Module] | None = None) -> list[Variant]:
     """Dense once, then one pruned copy per (sparsity level, block size); level 0 is the dense model itself."""
     out = [model_variant(copy.deepcopy(base).eval(), group, "dense", opset, source)] if 0 in levels else []
     for level in (lv for lv in levels if lv > 0):
@@ -179,7 +192,7 @@ def pruned_models(base: nn.Module, group: str, levels: list[float], blocks: list
             m = copy.deepcopy(base).eval()
             name = "blocks" if block > 1 else method
             get_method(name).prune(m, level, PruneContext(options={"block": block}))
-            calibrate_bn(m, calib_size)
+            calibrate(m) if calibrate else calibrate_bn(m, calib_size)
             pattern = f"1x{block}" if block > 1 else "unstructured"
             how = f"one-shot {method}" if block == 1 else f"one-shot 1x{block} blocks"
             out.append(model_variant(m, group, pattern, opset, f"{source}, {how}"))
@@ -187,17 +200,18 @@ def pruned_models(base: nn.Module, group: str, levels: list[float], blocks: list
 
 
 def channel_variants(base: nn.Module, group: str, fractions: list[float], allocation: str, levels: list[float],
-                     blocks: list[int], method: str, opset: int, source: str, calib_size: int = 640) -> list[Variant]:
+                     blocks: list[int], method: str, opset: int, source: str, calib_size: int = 640,
+                     calibrate: Callable[[nn.Module], nn.Module] | None = None) -> list[Variant]:
     """Per FLOPs fraction: the channel-pruned (smaller dense) model, plus its unstructured/1xN pruned copies."""
     out = []
     for f in fractions:
         m = copy.deepcopy(base).eval()
         rep = METHODS["channel"].prune(m, f, PruneContext(imgsz=calib_size, options={"importance": "l1",
                                                                                      "allocation": allocation}))
-        calibrate_bn(m, calib_size)
+        calibrate(m) if calibrate else calibrate_bn(m, calib_size)
         tag = f"cp{round(f * 100)}"
         how = f"{source}, {tag}: {1 - rep['macs_left']:.0%} of conv FLOPs removed by channels ({allocation})"
-        for v in pruned_models(m, f"{group} {tag}", levels, blocks, method, opset, how, calib_size):
+        for v in pruned_models(m, f"{group} {tag}", levels, blocks, method, opset, how, calib_size, calibrate):
             v.group, v.name = group, v.name.replace(" dense FP32", " FP32")  # ratio against the group's dense row
             out.append(v)
     return out
@@ -210,9 +224,16 @@ def int8_variants(fp32: list[Variant], exporter: Int8Exporter) -> list[Variant]:
             for v in fp32 if v.model is not None and v.precision == "FP32"]
 
 
+def file_group(path: Path) -> str:
+    """A file's name in the tables: its stem, or its training run's folder for runs/train/NAME/weights/best.pt."""
+    if path.is_file() and path.parent.name == "weights" and path.stem in ("best", "last"):
+        return path.parent.parent.name + ("" if path.stem == "best" else "-last")
+    return path.stem if path.is_file() else path.name
+
+
 def file_variant(path: Path, opset: int) -> Variant:
     """A variant for a user file: .pt loads as a model; .onnx / OpenVINO IR are timed as they are."""
-    group = path.stem if path.is_file() else path.name
+    group = file_group(path)
     if path.suffix in (".pt", ".pth"):
         return model_variant(load_model(str(path)), group, "unstructured", opset, str(path))
     if path.suffix == ".onnx":

@@ -1,0 +1,73 @@
+"""benchmark.py --data: every row's mAP is val.py's on the very file that row timed; frontier and Table 1 follow."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import benchmark
+import val
+from utils.benchmark.accuracy import add_accuracy_ratios, gzip_mb
+from utils.benchmark.frontier import format_accuracy_markdown, pareto
+from utils.benchmark.variants import file_group
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_benchmark_data_gives_val_py_map_for_each_timed_file(tmp_path: Path, yolov5n_pt: Path) -> None:
+    data, img = str(ROOT / "data/coco128-local.yaml"), 160
+    rep = benchmark.run(weights=[str(yolov5n_pt)], sparsity=[0, 0.5], data=data, imgsz=[img],
+                        engines=["onnxruntime", "torch"], batch_size=[1, 2], warmup=1, iterations=2, workers=0,
+                        project=str(tmp_path), name="b")
+    save = Path(rep["save_dir"])
+    rows = {(r["variant"], r["engine"], r["batch_size"]): r for r in rep["rows"]}
+    assert all(r["status"] == "ok" and r["map50"] is not None for r in rows.values())
+    for variant, file in (("yolov5n dense FP32", "yolov5n_dense_fp32_b1"),
+                          ("yolov5n pruned50 FP32", "yolov5n_pruned50_fp32_b1")):
+        onnx = next((save / "models").glob(f"{file}_*.onnx"))
+        ref = val.run(data=data, weights=str(onnx), engine="onnxruntime", imgsz=img, batch_size=1, rect=False,
+                      workers=0, plots=False, project=str(tmp_path), name="v")
+        row = rows[variant, "onnxruntime", 1]
+        assert (row["map50"], row["map50_95"]) == pytest.approx((ref["map50"], ref["map"]),
+                                                                abs=1e-9)
+        assert rows[variant, "onnxruntime", 2]["map50"] == row["map50"]  # the batch-2 row reuses the batch-1 mAP
+        assert row["size_gzip_mb"] == pytest.approx(gzip_mb(onnx))
+    ref = val.run(data=data, weights=str(yolov5n_pt), engine="torch", imgsz=img, batch_size=1, rect=False,
+                  workers=0, plots=False, project=str(tmp_path), name="t")
+    assert rows["yolov5n dense FP32", "torch", 1]["map50"] == pytest.approx(ref["map50"], abs=1e-6)
+    dense, pruned = rows["yolov5n dense FP32", "onnxruntime", 1], rows["yolov5n pruned50 FP32", "onnxruntime", 1]
+    assert dense["map50_kept"] == 1.0 and pruned["map50_kept"] == pytest.approx(pruned["map50"] / dense["map50"])
+    assert pruned["sparsity"] > 0.45 and 0 < pruned["size_gzip_mb"] < dense["size_gzip_mb"]  # zeros compress
+    md = (save / "results.md").read_text()
+    assert "% of dense mAP50" in md and "| yolov5n pruned50 FP32 | onnxruntime | " in md
+    assert (save / "frontier.png").stat().st_size > 10_000
+    assert "map50_kept" in (save / "results.csv").read_text().splitlines()[0]
+
+
+def _row(variant: str, engine: str, ms: float, map50: float, note: str = "") -> dict:
+    return {"variant": variant, "engine": engine, "model": variant.split()[0], "batch_size": 1, "scenario": "sync",
+            "status": "ok", "ms_mean": ms, "map50": map50, "map50_95": map50 / 2, "sparsity": 0.0,
+            "precision": "FP32", "note": note}
+
+
+def test_pareto_front_and_loaded_rows_stay_off_it() -> None:
+    rows = [_row("a dense FP32", "onnxruntime", 10, 0.80), _row("b pruned60 FP32", "onnxruntime", 6, 0.78),
+            _row("c pruned60 INT8", "openvino", 3, 0.70), _row("d slow", "torch", 20, 0.79),
+            _row("e lucky", "torch", 2, 0.6, note="foreign CPU load 40% > 5%: timing unreliable")]
+    add_accuracy_ratios(rows, "onnxruntime", "dense FP32")
+    front = ["c pruned60 INT8", "b pruned60 FP32", "a dense FP32"]  # d is slower and worse than a
+    assert [r["variant"] for r in pareto(rows)] == ["e lucky", *front]  # pareto() takes what it is given
+    md = format_accuracy_markdown(rows, "onnxruntime:dense")
+    assert "c pruned60 INT8 on openvino (3.0 ms, mAP50 0.700) -> b pruned60 FP32 on onnxruntime" in md
+    assert "e lucky" not in md.split("Pareto front")[1] and "2.0 (loaded)" in md
+    assert rows[1]["map50_kept"] == pytest.approx(0.78 / 0.80)
+
+
+def test_training_run_files_are_named_after_their_run(tmp_path: Path) -> None:
+    w = tmp_path / "runs/train/pistols_pruned/weights"
+    w.mkdir(parents=True)
+    for n in ("best.pt", "last.pt", "other.pt"):
+        (w / n).write_bytes(b"x")
+    assert [file_group(w / n) for n in ("best.pt", "last.pt", "other.pt")] == ["pistols_pruned",
+                                                                               "pistols_pruned-last", "other"]
