@@ -3,13 +3,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import onnx
 import pytest
 
 import benchmark
 import val
 from utils.benchmark.accuracy import add_accuracy_ratios, gzip_mb
 from utils.benchmark.frontier import format_accuracy_markdown, pareto
-from utils.benchmark.variants import file_group
+from utils.benchmark.variants import NotApplicable, checkpoint_variant, file_group
+from utils.checkpoint import load_model
+from utils.export import onnx_precision
+from utils.sparsity.ptq import calibration_batches, quantize_ptq
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,3 +75,17 @@ def test_training_run_files_are_named_after_their_run(tmp_path: Path) -> None:
         (w / n).write_bytes(b"x")
     assert [file_group(w / n) for n in ("best.pt", "last.pt", "other.pt")] == ["pistols_pruned",
                                                                                "pistols_pruned-last", "other"]
+
+
+def test_qat_checkpoint_is_an_int8_variant_exported_per_engine(tmp_path: Path, yolov5n_pt: Path) -> None:
+    """A QAT .pt times as INT8 with its own scales: QDQ for ONNX Runtime, ConvInteger for DeepSparse, no torch row."""
+    qat = quantize_ptq(load_model(str(yolov5n_pt)), calibration_batches((64, 64)))  # FakeQuantize, as QAT leaves it
+    v = checkpoint_variant(qat, "pq", 13, "pq.pt")
+    assert (v.precision, v.name) == ("INT8", "pq dense INT8")
+    qdq = v.weights_for("onnxruntime", 1, (64, 64), tmp_path)
+    ops = {n.op_type for n in onnx.load(str(qdq)).graph.node}
+    assert "QuantizeLinear" in ops and "ConvInteger" not in ops and onnx_precision(qdq) == "INT8"
+    ci = v.weights_for("deepsparse", 1, (64, 64), tmp_path)
+    assert "ConvInteger" in {n.op_type for n in onnx.load(str(ci)).graph.node}
+    with pytest.raises(NotApplicable):
+        v.weights_for("torch", 1, (64, 64), tmp_path)

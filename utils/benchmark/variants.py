@@ -16,7 +16,8 @@ from torch import nn
 from utils.checkpoint import load_model
 from utils.engines import check_onnx_file, reads_exported_files
 from utils.export import DEFAULT_OPSET, export_metadata, export_onnx, onnx_conv_sparsity, onnx_precision, prepare_model
-from utils.export.int8 import int8_format_for, sample_int8_exporter
+from utils.export.int8 import int8_format_for, qat_int8_exporter, sample_int8_exporter
+from utils.export.prepare import is_qat
 from utils.sparsity.measure import global_sparsity
 from utils.sparsity.methods import METHODS, PruneContext, get_method
 from utils.sparsity.oneshot import bn_recalibrate
@@ -224,6 +225,16 @@ def int8_variants(fp32: list[Variant], exporter: Int8Exporter) -> list[Variant]:
             for v in fp32 if v.model is not None and v.precision == "FP32"]
 
 
+def checkpoint_variant(model: nn.Module, group: str, opset: int, source: str) -> Variant:
+    """A loaded checkpoint: FP32 as it is, or a QAT model as INT8 with its learned scales (per-engine form)."""
+    if not is_qat(model):
+        return model_variant(model, group, "unstructured", opset, source)
+    s = global_sparsity(model)
+    return Variant(f"{group} {sparsity_label(s, 'unstructured')} INT8", group, s,
+                   "dense" if s < 0.01 else "unstructured", "INT8", model=model, exporter=qat_int8_exporter(),
+                   source=f"{source} (QAT)")
+
+
 def file_group(path: Path) -> str:
     """A file's name in the tables: its stem, or its training run's folder for runs/train/NAME/weights/best.pt."""
     if path.is_file() and path.parent.name == "weights" and path.stem in ("best", "last"):
@@ -235,7 +246,7 @@ def file_variant(path: Path, opset: int) -> Variant:
     """A variant for a user file: .pt loads as a model; .onnx / OpenVINO IR are timed as they are."""
     group = file_group(path)
     if path.suffix in (".pt", ".pth"):
-        return model_variant(load_model(str(path)), group, "unstructured", opset, str(path))
+        return checkpoint_variant(load_model(str(path)), group, opset, str(path))
     if path.suffix == ".onnx":
         check_onnx_file(path)  # one clear line for a file that is not ONNX, before onnx.load fails on it
         # INT8 weights land on the zero point by rounding (~7% in a dense QAT yolov5n): call < 10% dense

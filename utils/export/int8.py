@@ -19,6 +19,7 @@ from utils.sparsity.ptq import calibration_batches, quantize_ptq
 
 from .metadata import export_metadata, model_sparsity
 from .prepare import prepare_model
+from .qat_qdq import export_qat_qdq
 from .qdq import DEFAULT_METHOD, image_batches, quantize_onnx_file
 from .trace import export_onnx
 
@@ -75,3 +76,16 @@ def sample_int8_exporter(images: list[str] | None = None) -> Callable[..., Path]
         return export_qdq(fp32, file, images, imgsz[0], batch_size, calibration_file=one)
 
     return export
+
+
+def qat_int8_exporter() -> Callable[..., Path]:
+    """benchmark.py on a QAT checkpoint: its learned scales, as QDQ (ONNX Runtime, OpenVINO) or SparseML's
+    ConvInteger form (DeepSparse); nothing is re-calibrated."""
+    def export(model: nn.Module, file: Path, imgsz: tuple[int, int], batch_size: int, fmt: str = "qdq") -> Path:
+        meta = export_metadata(model, imgsz, batch_size, False, model_sparsity(model))
+        if fmt == "convinteger":
+            return export_onnx(prepare_model(model), file, imgsz, batch_size, dynamic=False, metadata=meta)
+        return export_qat_qdq(model, file, imgsz, batch_size, meta)
+
+    return export
+
