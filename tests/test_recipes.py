@@ -192,3 +192,9 @@ def test_short_pruning_recipes_reach_sixty_percent(name: str, tiny_model) -> Non
             pattern = m.params[0].removeprefix("re:")
             zeros += sum(size * float(m.final_sparsity) for n, size in convs.items() if re.match(pattern, n))
     assert zeros / sum(convs.values()) == pytest.approx(0.626, abs=0.001)
+
+
+def test_a_comment_with_a_dot_after_a_tag_still_loads() -> None:
+    """SparseML skips `!Tag` lines that contain a '.' (e.g. '# see train.py'); our loader drops such comments first."""
+    text = GMP.replace("  - !GMPruningModifier", "  - !GMPruningModifier  # see train.py --recipe (v6.0 names)")
+    assert _mods(load_recipe(text)) == ["EpochRangeModifier", "GMPruningModifier"]

@@ -270,11 +270,16 @@ def _explain_type_error(name: str, specs: list[ModifierSpec], msg: str) -> str:
     return f"recipe {name}: {where}, field '{fld}': {hint} ({msg})"
 
 
+# SparseML adds its framework prefix to a `!Tag` only when no '.' follows on the line (a comment naming train.py
+# hides the tag from it): comments after tags go before SparseML sees the text
+TAG_COMMENT = re.compile(r"^(\s*(?:-\s*)?!\w+)[ \t]+#.*$", re.M)
+
+
 def build_manager(name: str, text: str, args: dict, specs: list[ModifierSpec]) -> Any:
     """ScheduledModifierManager.from_yaml with errors translated to RecipeError."""
     manager_cls = sparseml_manager_class()
     try:
-        return manager_cls.from_yaml(text, recipe_variables=args or None)
+        return manager_cls.from_yaml(TAG_COMMENT.sub(r"\1", text), recipe_variables=args or None)
     except TypeError as e:
         raise RecipeError(_explain_type_error(name, specs, str(e))) from None
     except (ValueError, NameError, KeyError, AttributeError, RuntimeError, yaml.YAMLError) as e:
