@@ -4,8 +4,10 @@ The student learns from the labels and from the teacher's raw YOLO outputs on th
     loss = (1 - hardness) * task_loss + hardness * distill_loss * batch_size
 distill_loss, per detection layer and averaged over layers (teacher outputs detached, temperature T):
     objectness: KL between Bernoulli(sigmoid(t/T)) and Bernoulli(sigmoid(s/T)) over every anchor cell, x T^2;
-    boxes and classes: squared error of the sigmoid box terms and the class KL, weighted by the teacher's objectness,
-    so only cells where the teacher sees an object teach the box and class.
+    boxes and classes: squared error of the sigmoid box terms and the class KL (mean over classes, x T^2), weighted
+    by the teacher's objectness, so only cells where the teacher sees an object teach the box and class.
+On pistols (yolov5n, 320 px, a teacher fine-tuned 5 epochs) the three terms come to about 0.05, 0.02 and 0.005 per
+image: the same order as the task loss (~0.07), so hardness 0.5 weighs labels and teacher about equally.
 A recipe's !DistillationModifier (SparseML's tag: start_epoch, end_epoch, hardness, temperature) sets when and how
 much; with --teacher-weights and no such modifier the whole run distils (hardness 0.5, T 2, SparseML's defaults).
 A recipe whose DistillationModifier meets no teacher trains without distillation, as SparseML does, with a warning.
@@ -66,8 +68,8 @@ def output_distillation_loss(student: list[torch.Tensor], teacher: list[torch.Te
         obj = _bernoulli_kl(s[..., 4] / temperature, torch.sigmoid(t[..., 4] / temperature)).mean() * t2
         w = torch.sigmoid(t[..., 4])
         box = (torch.sigmoid(s[..., :4]) - torch.sigmoid(t[..., :4])).pow(2).sum(-1)
-        cls = _bernoulli_kl(s[..., 5:] / temperature, torch.sigmoid(t[..., 5:] / temperature)).sum(-1) * t2 \
-            if s.shape[-1] > 5 else torch.zeros_like(box)
+        cls = _bernoulli_kl(s[..., 5:] / temperature, torch.sigmoid(t[..., 5:] / temperature)).mean(-1) * t2 \
+            if s.shape[-1] > 5 else torch.zeros_like(box)  # mean over classes, as YOLO's class loss
         total = total + obj + (w * (box + cls)).sum() / w.sum().clamp(min=1.0)
     return total / max(len(student), 1)
 
