@@ -1,6 +1,7 @@
 """export.py's job: checkpoint -> ONNX (+ OpenVINO) with metadata, sparsity check, numeric check, sizes."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,6 +37,34 @@ def output_path(weights: Path, suffix: str = ".onnx", log=print) -> Path:
     return out
 
 
+@dataclass
+class Export:
+    """One export.py job: the loaded model, where its files go, and what has been written so far."""
+
+    model: nn.Module
+    weights: Path
+    hw: tuple[int, int]
+    batch_size: int
+    meta: dict[str, Any]
+    tag: str
+    images: list[str]
+    log: Callable[[str], None]
+    result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def files(self) -> list[Path]:
+        return self.result["files"]
+
+    def onnx_files(self) -> list[Path]:
+        return [f for f in self.files if f.suffix == ".onnx"]
+
+    def finish(self) -> dict[str, Any]:
+        """Size table of the checkpoint and every file written, logged and returned with the result."""
+        self.result["sizes"] = size_table([self.weights, *self.files])
+        self.log(format_sizes(self.result["sizes"]))
+        return self.result
+
+
 def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), imgsz: int | tuple[int, int] = 640,
                    batch_size: int = 1, dynamic: bool = False, opset: int = DEFAULT_OPSET, simplify: bool = False,
                    device: str = "cpu", verify: bool = True, log=print, verify_strict: bool = False,
@@ -52,8 +81,31 @@ def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), im
     with no --int8, it is the only file written.
     uint8_input: the graph takes uint8 NCHW RGB pixels and divides by 255 itself (no float conversion in the caller).
     """
+    job = _load(weights, imgsz, batch_size, dynamic, device, prune, int8, data, calib_images, int8_format,
+                verify_images, uint8_input, log)
+    if "ultralytics" in include:
+        check_ultralytics(job.model)  # refuse (QAT, foreign layers) before anything is written
+        if not int8 and not {"onnx", "openvino"} & set(include):
+            job.result["files"] = [ultralytics_file(job.model, job.weights, job.tag, log)]
+            return job.finish()
+    _write_onnx(job, int8_format, dynamic, opset, simplify, uint8_input)
+    if int8 and not is_qat(job.model):
+        _write_int8(job, int8_format, calib_images, calib_method, data)
+    if verify:
+        _verify(job, verify_images, verify_strict)
+    if "openvino" in include:
+        _write_openvino(job)
+    if "ultralytics" in include:
+        job.files.append(ultralytics_file(job.model, job.weights, job.tag, log))
+    return job.finish()
+
+
+def _load(weights: str | Path, imgsz: int | tuple[int, int], batch_size: int, dynamic: bool, device: str,
+          prune: Callable[[nn.Module], str] | None, int8: bool, data: str | dict | None, calib_images: int,
+          int8_format: str, verify_images: int, uint8_input: bool, log: Callable[[str], None]) -> Export:
+    """Check the options, read the calibration images and the checkpoint, prune if asked: nothing written yet."""
     check_int8_options(int8, data, int8_format, dynamic, uint8_input)
-    images = calibration_images(data, max(calib_images, verify_images)) if data else []  # before writing anything
+    images = calibration_images(data, max(calib_images, verify_images)) if data else []
     weights = Path(weights)
     model = load_model(str(weights), device=device, fuse=False)
     if uint8_input and is_qat(model):
@@ -62,58 +114,63 @@ def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), im
     tag = prune(model) if prune is not None else ""
     sparsity = model_sparsity(model)
     meta = export_metadata(model, hw, batch_size, dynamic, sparsity, checkpoint_recipe(model))
-    if "ultralytics" in include:
-        check_ultralytics(model)  # refuse (QAT, foreign layers) before anything is written
-        if not int8 and not {"onnx", "openvino"} & set(include):
-            result = {"files": [ultralytics_file(model, weights, tag, log)], "sparsity": sparsity, "metadata": meta}
-            result["sizes"] = size_table([weights, *result["files"]])
-            log(format_sizes(result["sizes"]))
-            return result
-    target = output_path(weights.with_name(f"{weights.stem}{tag}{weights.suffix}"), log=log)
-    if is_qat(model) and int8_format == "qdq":  # learned scales, written in the form every engine runs as INT8
-        onnx_file = export_qat_qdq(model, target, hw, batch_size, meta)
-    else:  # float, or a QAT model in SparseML's ConvInteger form (--int8-format convinteger, for DeepSparse)
-        onnx_file = export_onnx(prepare_model(model, uint8_input=uint8_input), target, hw, batch_size, dynamic, opset,
-                                meta, simplify)
-    result: dict[str, Any] = {"files": [onnx_file], "sparsity": sparsity, "metadata": meta}
-    log(f"export: wrote {onnx_file} ({describe(onnx_file)})")
-    result["onnx_sparsity"] = onnx_conv_sparsity(onnx_file)["sparsity"]
-    log(f"export: conv weight sparsity {sparsity:.4f} in PyTorch (global, prunable weights), "
-        f"{result['onnx_sparsity']:.4f} measured in the ONNX initializers")
-    if int8 and not is_qat(model):
-        int8_file = onnx_file.with_name(f"{onnx_file.stem}_int8.onnx")
-        if int8_format == "qdq":
-            one = export_onnx(prepare_model(model), int8_file.with_name(f".{int8_file.stem}_b1.onnx"), hw, 1) \
-                if batch_size > 1 else None  # calibrate image by image on the batch-1 twin
-            export_qdq(onnx_file, int8_file, images[:calib_images], hw[0], batch_size, calib_method, one)
-            if one is not None:
-                one.unlink()
-        else:
-            export_convinteger(model, int8_file, hw, batch_size, meta, [cv2.imread(f) for f in images[:calib_images]])
-        result["files"].append(int8_file)
-        how = f"{int8_format}, {calib_method if int8_format == 'qdq' else 'SparseML observers'}"
-        log(f"export: wrote {int8_file} ({describe(int8_file)}; {how}, calibrated on "
-            f"{min(calib_images, len(images))} images of {dataset_name(data)})")
-    if verify:
-        stacked, source = verification_batches(hw, images[-verify_images:] if images else None, batch_size)
-        for f in [f for f in result["files"] if f.suffix == ".onnx"]:  # against the unfused model: BN folding too
-            v = result.setdefault("verify_all", {})[f.name] = verify_many(model, f, stacked, batch_size)
-            log(verify_line(v, source, f.name))
-            if verify_strict and not v["agrees"]:
-                raise ValueError(f"export: --verify-strict: {f} disagrees with PyTorch on {source} (written, "
-                                 f"but do not deploy it); see the line above")
-        result["verify"] = result["verify_all"][onnx_file.name]
-    if "openvino" in include:
-        for f in [f for f in result["files"] if f.suffix == ".onnx"]:
-            extra = {k: v for k, v in read_onnx_metadata(f).items() if k not in meta}  # e.g. the INT8 scheme
-            ov_dir = export_openvino(f, {**meta, **extra})
-            result["files"].append(ov_dir)
-            log(f"export: wrote {ov_dir}/ (OpenVINO IR, {'INT8 (QDQ)' if '_int8' in f.stem else 'f32'} weights)")
-    if "ultralytics" in include:
-        result["files"].append(ultralytics_file(model, weights, tag, log))
-    result["sizes"] = size_table([weights, *result["files"]])
-    log(format_sizes(result["sizes"]))
-    return result
+    return Export(model, weights, hw, batch_size, meta, tag, images, log, {"sparsity": sparsity, "metadata": meta})
+
+
+def _write_onnx(job: Export, int8_format: str, dynamic: bool, opset: int, simplify: bool, uint8_input: bool) -> None:
+    """The main file: float, or a QAT model's own INT8 (QDQ, or SparseML's ConvInteger form for DeepSparse)."""
+    target = output_path(job.weights.with_name(f"{job.weights.stem}{job.tag}{job.weights.suffix}"), log=job.log)
+    if is_qat(job.model) and int8_format == "qdq":  # learned scales, written in the form every engine runs as INT8
+        onnx_file = export_qat_qdq(job.model, target, job.hw, job.batch_size, job.meta)
+    else:
+        onnx_file = export_onnx(prepare_model(job.model, uint8_input=uint8_input), target, job.hw, job.batch_size,
+                                dynamic, opset, job.meta, simplify)
+    job.result["files"] = [onnx_file]
+    job.log(f"export: wrote {onnx_file} ({describe(onnx_file)})")
+    job.result["onnx_sparsity"] = onnx_conv_sparsity(onnx_file)["sparsity"]
+    job.log(f"export: conv weight sparsity {job.result['sparsity']:.4f} in PyTorch (global, prunable weights), "
+            f"{job.result['onnx_sparsity']:.4f} measured in the ONNX initializers")
+
+
+def _write_int8(job: Export, int8_format: str, calib_images: int, calib_method: str, data: str | dict | None) -> None:
+    """<stem>_int8.onnx, post-training: QDQ from the FP32 file, or SparseML's ConvInteger from the model."""
+    onnx_file = job.files[0]
+    int8_file = onnx_file.with_name(f"{onnx_file.stem}_int8.onnx")
+    calib = job.images[:calib_images]
+    if int8_format == "qdq":
+        one = export_onnx(prepare_model(job.model), int8_file.with_name(f".{int8_file.stem}_b1.onnx"), job.hw, 1) \
+            if job.batch_size > 1 else None  # calibrate image by image on the batch-1 twin
+        export_qdq(onnx_file, int8_file, calib, job.hw[0], job.batch_size, calib_method, one)
+        if one is not None:
+            one.unlink()
+    else:
+        export_convinteger(job.model, int8_file, job.hw, job.batch_size, job.meta, [cv2.imread(f) for f in calib])
+    job.files.append(int8_file)
+    how = f"{int8_format}, {calib_method if int8_format == 'qdq' else 'SparseML observers'}"
+    job.log(f"export: wrote {int8_file} ({describe(int8_file)}; {how}, calibrated on {len(calib)} images of "
+            f"{dataset_name(data)})")
+
+
+def _verify(job: Export, verify_images: int, strict: bool) -> None:
+    """Every ONNX file against the unfused PyTorch model (BN folding too), on the dataset's images when given."""
+    stacked, source = verification_batches(job.hw, job.images[-verify_images:] if job.images else None,
+                                           job.batch_size)
+    for f in job.onnx_files():
+        v = job.result.setdefault("verify_all", {})[f.name] = verify_many(job.model, f, stacked, job.batch_size)
+        job.log(verify_line(v, source, f.name))
+        if strict and not v["agrees"]:
+            raise ValueError(f"export: --verify-strict: {f} disagrees with PyTorch on {source} (written, "
+                             f"but do not deploy it); see the line above")
+    job.result["verify"] = job.result["verify_all"][job.files[0].name]
+
+
+def _write_openvino(job: Export) -> None:
+    """An OpenVINO IR folder beside each ONNX file (INT8 files keep their QDQ scheme in the metadata)."""
+    for f in job.onnx_files():
+        extra = {k: v for k, v in read_onnx_metadata(f).items() if k not in job.meta}  # e.g. the INT8 scheme
+        ov_dir = export_openvino(f, {**job.meta, **extra})
+        job.files.append(ov_dir)
+        job.log(f"export: wrote {ov_dir}/ (OpenVINO IR, {'INT8 (QDQ)' if '_int8' in f.stem else 'f32'} weights)")
 
 
 def ultralytics_file(model: nn.Module, weights: Path, tag: str, log=print) -> Path:
