@@ -76,7 +76,7 @@ def run(weights: list[str] | None = None, cfg: str | None = None, engines: list[
                     machine["cores_used"] or 1, LOGGER.info, probe)
     notes += [n for n in [add_ratios(rows, baseline)] if n]
     if probe is not None:
-        add_accuracy_ratios(rows, *parse_baseline(baseline))
+        notes += [n for n in [add_accuracy_ratios(rows, *parse_baseline(baseline))] if n]
     warnings = collect_warnings(rows, machine)
     report = {"machine": machine, "method": method_text(settings, scenario), "settings": vars(settings),
               "baseline": baseline, "rows": rows, "warnings": warnings, "notes": notes, "save_dir": str(save_dir)}

@@ -10,7 +10,8 @@ import benchmark
 import val
 from utils.benchmark.accuracy import add_accuracy_ratios, gzip_mb
 from utils.benchmark.frontier import format_accuracy_markdown, pareto
-from utils.benchmark.variants import NotApplicable, checkpoint_variant, file_group
+from utils.benchmark.cli import unique_names
+from utils.benchmark.variants import NotApplicable, Variant, checkpoint_variant, file_group
 from utils.checkpoint import load_model
 from utils.export import onnx_precision
 from utils.sparsity.ptq import calibration_batches, quantize_ptq
@@ -89,3 +90,10 @@ def test_qat_checkpoint_is_an_int8_variant_exported_per_engine(tmp_path: Path, y
     assert "ConvInteger" in {n.op_type for n in onnx.load(str(ci)).graph.node}
     with pytest.raises(NotApplicable):
         v.weights_for("torch", 1, (64, 64), tmp_path)
+
+
+def test_two_files_with_one_name_stay_apart() -> None:
+    """Rows, exported files and cached accuracies are keyed by variant name: repeats are numbered."""
+    vs = [Variant("exp dense FP32", "exp", 0.0), Variant("exp dense FP32", "exp", 0.0), Variant("x INT8", "x", 0.0)]
+    unique_names(vs)
+    assert [v.name for v in vs] == ["exp dense FP32", "exp dense FP32 #2", "x INT8"]

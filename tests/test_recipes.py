@@ -172,9 +172,12 @@ def test_short_recipes_derive_every_epoch_from_num_epochs(name: str, epochs: int
     assert rec.manager.max_epochs == epochs
     ends = [float(m.end_epoch) for m in rec.modifiers() if float(getattr(m, "end_epoch", -1)) >= 0]
     assert max(ends) <= epochs
-    qat = [float(m.start_epoch) for m in rec.modifiers() if type(m).__name__ == "QuantizationModifier"]
+    qat = [m for m in rec.modifiers() if type(m).__name__ == "QuantizationModifier"]
     prune_end = max((float(m.end_epoch) for m in rec.modifiers() if "Pruning" in type(m).__name__), default=0)
-    assert all(prune_end <= q < epochs for q in qat)  # QAT starts after pruning has finished
+    for q in qat:  # QAT starts after pruning has finished; BN and observers freeze in that order before the end
+        start, bn, obs = (float(x) for x in (q.start_epoch, q.freeze_bn_stats_epoch,
+                                              q.disable_quantization_observer_epoch))
+        assert prune_end <= start < bn < obs < epochs
     if epochs == 5:
         with pytest.raises(RecipeError, match="end_epoch of 3.0 must be greater"):
             load_recipe(root / "yolov5n.pruned.yaml", {"num_epochs": 5}, model=tiny_model)

@@ -94,9 +94,20 @@ def build_variants(weights: list[str] | None, cfg: str | None, sparsity: list[fl
             notes.append(NO_INT8)
         else:
             variants += int8_variants(variants, exporter)
+    unique_names(variants)
     if any(b > 1 for b in blocks) and not bases:
         notes.append("--block applies to models pruned here (--cfg, or .pt with --sparsity); files are timed as given")
     return variants, notes
+
+
+def unique_names(variants: list[Variant]) -> None:
+    """Two files may name the same (runs/a/exp/weights/best.pt and runs/b/exp/weights/best.pt): number the repeats,
+    since rows, exported files and cached accuracies are keyed by name."""
+    seen: dict[str, int] = {}
+    for v in variants:
+        seen[v.name] = seen.get(v.name, 0) + 1
+        if seen[v.name] > 1:
+            v.name = f"{v.name} #{seen[v.name]}"
 
 
 def calibration_sample(data_dict: dict, n: int = 128) -> list[str]:

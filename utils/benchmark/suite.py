@@ -1,6 +1,7 @@
 """Runs the benchmark grid (batch size x variant x engine x scenario), one row each, never aborting on one failure."""
 from __future__ import annotations
 
+import contextlib
 import gc
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,7 @@ def row_accuracy(probe: AccuracyProbe, v: Variant, engine: str, eng: Engine, bat
         return hit
     if batch_size != 1 or scenario != "sync":
         eng = open_engine(v.weights_for(engine, 1, s.imgsz, workdir), engine, 1, "sync", s, cores)
-    return probe.measure(v, engine, eng)
+    return probe.measure(v, engine, eng, tuple(eng.imgsz or s.imgsz))
 
 
 def measure_row(v: Variant, engine: str, batch_size: int, scenario: str, images: list[np.ndarray], s: Settings,
@@ -90,7 +91,8 @@ def measure_row(v: Variant, engine: str, batch_size: int, scenario: str, images:
                    imgsz=f"{pipe.imgsz[0]}x{pipe.imgsz[1]}")
         row["streams"] = streams if scenario == "async" else 1
         row["pre_post_share"] = (row["pre_ms"] + row["post_ms"]) / row["ms_mean"] if row.get("ms_mean") else None
-        row["size_gzip_mb"] = gzip_mb(weights)
+        with contextlib.suppress(OSError):  # a size is a nicety: the timing stands without it
+            row["size_gzip_mb"] = gzip_mb(weights)
         if m.foreign_load is not None and m.foreign_load > FOREIGN_LOAD_WARN:
             row["note"] = f"foreign CPU load {m.foreign_load:.0%} > {FOREIGN_LOAD_WARN:.0%}: timing unreliable"
         if probe is not None:  # after the timing: validation never overlaps a measured window

@@ -52,11 +52,12 @@ class Window:
         return self.start <= epoch and (self.end < 0 or epoch < self.end)
 
 
-def _bernoulli_kl(student_logit: torch.Tensor, teacher_p: torch.Tensor) -> torch.Tensor:
-    """KL(teacher || student) per element for sigmoid outputs: BCE with soft targets minus the targets' entropy."""
-    ce = F.binary_cross_entropy_with_logits(student_logit, teacher_p, reduction="none")
-    entropy = F.binary_cross_entropy(teacher_p, teacher_p, reduction="none")
-    return ce - entropy
+def _bernoulli_kl(student_logit: torch.Tensor, teacher_logit: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) per element for sigmoid outputs: BCE with soft targets minus the targets' entropy
+    (both from logits: plain binary_cross_entropy is refused under CUDA autocast)."""
+    p = torch.sigmoid(teacher_logit)
+    ce = F.binary_cross_entropy_with_logits(student_logit, p, reduction="none")
+    return ce - F.binary_cross_entropy_with_logits(teacher_logit, p, reduction="none")
 
 
 def output_distillation_loss(student: list[torch.Tensor], teacher: list[torch.Tensor],
@@ -65,10 +66,10 @@ def output_distillation_loss(student: list[torch.Tensor], teacher: list[torch.Te
     t2, total = temperature * temperature, 0.0
     for s, t in zip(student, teacher):
         s, t = s.float(), t.detach().float()
-        obj = _bernoulli_kl(s[..., 4] / temperature, torch.sigmoid(t[..., 4] / temperature)).mean() * t2
+        obj = _bernoulli_kl(s[..., 4] / temperature, t[..., 4] / temperature).mean() * t2
         w = torch.sigmoid(t[..., 4])
         box = (torch.sigmoid(s[..., :4]) - torch.sigmoid(t[..., :4])).pow(2).sum(-1)
-        cls = _bernoulli_kl(s[..., 5:] / temperature, torch.sigmoid(t[..., 5:] / temperature)).mean(-1) * t2 \
+        cls = _bernoulli_kl(s[..., 5:] / temperature, t[..., 5:] / temperature).mean(-1) * t2 \
             if s.shape[-1] > 5 else torch.zeros_like(box)  # mean over classes, as YOLO's class loss
         total = total + obj + (w * (box + cls)).sum() / w.sum().clamp(min=1.0)
     return total / max(len(student), 1)
@@ -92,6 +93,10 @@ def load_teacher(weights: str | Path, student: nn.Module, device: torch.device) 
         raise DistillationError(f"--teacher-weights {weights}: teacher has {t.nc} classes, {t.nl} layers x {t.na} "
                                 f"anchors, the student {s.nc}, {s.nl} x {s.na}; distil from a model trained on the "
                                 f"same dataset")
+    if not torch.allclose(s.anchors.float().cpu(), t.anchors.float().cpu(), rtol=1e-3):
+        LOGGER.warning(f"WARNING ⚠️ --teacher-weights {weights}: its anchors differ from the student's (AutoAnchor?); "
+                       f"the box term compares outputs relative to different anchors. Train both with the same "
+                       f"anchors (--noautoanchor, or start the student from the teacher's anchors)")
     return teacher
 
 
