@@ -15,13 +15,20 @@ from torch import nn
 
 from utils.checkpoint import load_model
 from utils.engines import check_onnx_file, reads_exported_files
-from utils.export import DEFAULT_OPSET, export_metadata, export_onnx, onnx_conv_sparsity, onnx_precision, prepare_model
+from utils.export import (
+    DEFAULT_OPSET,
+    export_metadata,
+    export_onnx,
+    onnx_conv_sparsity,
+    onnx_precision,
+    prepare_model,
+)
 from utils.export.int8 import int8_format_for, qat_int8_exporter, sample_int8_exporter
 from utils.export.prepare import is_qat
+from utils.sparsity.calibration import calibration_batches as calibration_files_batches
 from utils.sparsity.measure import global_sparsity
 from utils.sparsity.methods import METHODS, PruneContext, get_method
 from utils.sparsity.oneshot import bn_recalibrate
-from utils.sparsity.calibration import calibration_batches as calibration_files_batches
 from utils.sparsity.ptq import calibration_batches
 
 # Exporter(model, file, imgsz, batch_size, fmt) -> path of an ONNX file; fmt is the INT8 form the engine runs best
