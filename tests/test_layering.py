@@ -154,6 +154,13 @@ def test_checkpoint_io_knows_nothing_of_sparsity(graph) -> None:
     assert not {b for b in edges["utils.compat"] if b.startswith(("utils.", "models"))} - {"utils", "utils.recipe_eval"}
 
 
+def test_every_script_registers_the_checkpoint_rebuilds(graph) -> None:
+    """Scripts load sparse/QAT/channel checkpoints: each must import the rebuild hooks itself (the tests' conftest
+    does, so a script that forgot would pass every in-process test: benchmark.py did)."""
+    edges, _ = graph
+    assert [s for s in SCRIPTS if "utils.sparsity.rebuild" not in edges[s]] == []
+
+
 def test_no_import_cycle_counting_function_level_imports(graph) -> None:
     edges, _ = graph
     assert cycles(edges) == []
