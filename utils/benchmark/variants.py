@@ -82,8 +82,10 @@ class Variant:
     def weights_for(self, engine: str, batch_size: int, imgsz: tuple[int, int], workdir: Path) -> nn.Module | Path:
         """What load_engine needs for this engine: a fused model for torch, an ONNX/IR file for the others."""
         if not reads_exported_files(engine):
-            if self.model is None or self.precision != "FP32":
+            if self.model is None:
                 raise NotApplicable("PyTorch runs checkpoints only; this variant is an exported file")
+            if self.precision != "FP32":
+                raise NotApplicable("PyTorch rows are FP32; INT8 variants run on the ONNX engines")
             if self._torch is None:
                 self._torch = prepare_model(self.model)  # BN folded, same graph the ONNX engines get
             return self._torch
