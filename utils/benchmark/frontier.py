@@ -39,7 +39,7 @@ def plot_frontier(rows: list[dict], file: Path) -> Path | None:
     )
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(9, 6), tight_layout=True)
+    fig = Figure(figsize=(11, 6), tight_layout=True)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     variants = list(dict.fromkeys(r["variant"] for r in pts))
@@ -62,7 +62,7 @@ def plot_frontier(rows: list[dict], file: Path) -> Path | None:
     ax.set_xlabel("end-to-end latency, batch 1 (ms, pre + engine + post; log scale, lower is better)")
     ax.set_ylabel("mAP@0.5 on the val split (higher is better)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: no marker hidden
     fig.savefig(file, dpi=120)
     return file
 
