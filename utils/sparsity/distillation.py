@@ -14,6 +14,7 @@ A recipe whose DistillationModifier meets no teacher trains without distillation
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,9 @@ if TYPE_CHECKING:  # avoid an import cycle: the trainer imports the callbacks mo
     from utils.trainer import Trainer
 
 DEFAULT_HARDNESS, DEFAULT_TEMPERATURE = 0.5, 2.0  # SparseML DistillationModifier defaults
+# SparseML's own modifier never gets a teacher (this callback does the distilling) and says "disabling distillation"
+# even when --teacher-weights is given; our callback says what really happens
+logging.getLogger("sparseml.pytorch.sparsification.distillation.modifier_distillation_base").setLevel(logging.ERROR)
 
 
 class DistillationError(ValueError):
