@@ -8,7 +8,7 @@ from utils.assets import asset
 from utils.checkpoint import load_model
 from utils.engines import engine_name
 from utils.sparsity.blocks import parse_block
-from utils.sparsity.calibration import calibration_files
+from utils.export.int8 import calibration_images
 
 from .accuracy import AccuracyProbe
 from .suite import Settings
@@ -76,7 +76,7 @@ def build_variants(weights: list[str] | None, cfg: str | None, sparsity: list[fl
     twins when an exporter exists (calibrated on --data train images when given)."""
     calib_size = imgsz  # built models get their detection head calibrated at the benchmark's size
     bases, files = _base_models(weights, cfg, sparsity or channel_prune, calib_size)
-    calib = calibration_sample(probe.data_dict) if probe else None
+    calib = calibration_images(probe.data_dict, 128) if probe else None  # the images export.py --int8 takes
     calibrate = data_recalibration(calib, calib_size) if calib else None  # trained heads stay as trained
     blocks = list(dict.fromkeys(parse_block(b) for b in block))
     levels = sorted(set(sparsity or [0.0]))
@@ -108,12 +108,6 @@ def unique_names(variants: list[Variant]) -> None:
         seen[v.name] = seen.get(v.name, 0) + 1
         if seen[v.name] > 1:
             v.name = f"{v.name} #{seen[v.name]}"
-
-
-def calibration_sample(data_dict: dict, n: int = 128) -> list[str]:
-    """n train images spread evenly over the split (PTQ calibration for --quantize twins with --data)."""
-    files = sorted(calibration_files(data_dict))
-    return files[::max(1, len(files) // n)][:n]
 
 
 def method_text(s: Settings, scenarios: list[str]) -> str:
