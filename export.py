@@ -32,6 +32,7 @@ import utils.sparsity.rebuild  # noqa: E402,F401  (registers sparse/QAT/channel 
 from utils.sparsity.zoo import weights_path  # noqa: E402
 from utils.data_config import check_dataset  # noqa: E402
 from utils.export import DEFAULT_OPSET, export_weights  # noqa: E402
+from utils.export.head import HEADS  # noqa: E402
 from utils.export.int8 import INT8_FORMATS  # noqa: E402
 from utils.export.pipeline import check_int8_options  # noqa: E402
 from utils.export.qdq import DEFAULT_METHOD, METHODS as QDQ_METHODS  # noqa: E402
@@ -65,6 +66,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--uint8-input", action="store_true",
                         help="the graph takes uint8 NCHW RGB pixels and does the /255 itself (engines are fed bytes, "
                         "pre-processing skips the float conversion); float exports only")
+    parser.add_argument("--head", choices=HEADS, default="decoded",
+                        help="decoded: output (batch, anchors, 5+nc) as Ultralytics writes it; raw: the file ends at "
+                        "Detect's convs and our engines decode only cells that pass objectness (faster end to end)")
     parser.add_argument("--verify-strict", action="store_true",
                         help="exit non-zero when the exported file disagrees with PyTorch on the check image")
     deprecated.add_export_args(parser)  # old one-shot flags: aliases of prune.py
@@ -76,7 +80,7 @@ def run(weights: str = "yolov5n.pt", imgsz: list[int] | int = (640,), batch_size
         opset: int = DEFAULT_OPSET, verify_strict: bool = False, int8: bool = False, data: str | None = None,
         calib_images: int = 128, int8_format: str = "qdq", calib_method: str = DEFAULT_METHOD,
         allow_download_code: bool = False, prune: Callable[[nn.Module], str] | None = None,
-        uint8_input: bool = False) -> list[Path]:
+        uint8_input: bool = False, head: str = "decoded") -> list[Path]:
     """Export and return the written paths (ONNX file first, unless only ultralytics); `prune` edits the model first."""
     include = tuple(f.lower() for f in include)
     unknown = [f for f in include if f not in FORMATS]
@@ -91,7 +95,8 @@ def run(weights: str = "yolov5n.pt", imgsz: list[int] | int = (640,), batch_size
     data_dict = check_dataset(data, allow_code=allow_download_code) if data else None
     return export_weights(weights, include, hw, batch_size, dynamic, opset, simplify, device, prune=prune,
                           verify_strict=verify_strict, int8=int8, data=data_dict, calib_images=calib_images,
-                          int8_format=int8_format, calib_method=calib_method, uint8_input=uint8_input)["files"]
+                          int8_format=int8_format, calib_method=calib_method, uint8_input=uint8_input,
+                          head=head)["files"]
 
 
 def main(opt: argparse.Namespace) -> list[Path]:

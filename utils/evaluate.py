@@ -15,6 +15,7 @@ from utils.boxes import scale_boxes, xywh2xyxy
 from utils.dataloaders import create_dataloader
 from utils.metrics import ConfusionMatrix, ap_per_class, box_match
 from utils.nms import non_max_suppression
+from utils.raw_head import RawPrediction
 
 if TYPE_CHECKING:  # matplotlib is imported only when plotting
     from utils.plots import BackgroundPlots
@@ -48,7 +49,8 @@ def _forward(model: Any, imgs: torch.Tensor, targets: torch.Tensor, compute_loss
         if compute_loss is not None and raw is not None:
             st.loss += compute_loss(raw, targets.to(device))[1].cpu()
         return pred
-    return torch.from_numpy(model(imgs.numpy()))
+    out = model(imgs.numpy())
+    return out if isinstance(out, RawPrediction) else torch.from_numpy(out)  # raw-head files: NMS decodes survivors
 
 
 def _match_image(pred: torch.Tensor, labels: torch.Tensor, img_shape, shape0, ratio_pad, st: EvalState,

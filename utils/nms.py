@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from utils.boxes import xywh2xyxy
+from utils.raw_head import RawPrediction
 
 MAX_NMS = 30000  # boxes entering NMS per image, highest confidence first (Ultralytics max_nms)
 PRUNE_EVERY = 8  # NMS rounds between max_det cut-offs (each costs a pass over the kept boxes)
@@ -60,13 +61,19 @@ def _score_numpy(x: np.ndarray, conf_thres: float, multi_label: bool) -> tuple[n
     return np.concatenate((box, conf, j.astype(x.dtype)), 1)[keep], keep
 
 
-def _candidates(prediction: torch.Tensor, conf_thres: float, multi_label: bool, labels: Sequence[torch.Tensor]
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def _candidates(prediction: torch.Tensor | RawPrediction, conf_thres: float, multi_label: bool,
+                labels: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Scored rows of the whole batch and their image index, image by image in prediction row order.
 
     One pass over the batch instead of one per image: per-image tensor calls cost more than the work at
-    conf_thres 0.001.
+    conf_thres 0.001. A raw-head prediction decodes only the cells that pass objectness.
     """
+    if isinstance(prediction, RawPrediction):
+        if not (labels and any(len(lb) for lb in labels)):
+            rows, img = prediction.candidates(conf_thres)
+            x, src = _score_numpy(rows, conf_thres, multi_label)
+            return torch.from_numpy(x), torch.from_numpy(img[src])
+        prediction = torch.from_numpy(prediction.dense())
     nc = prediction.shape[2] - 5
     if labels and any(len(lb) for lb in labels):  # rare (val --save-hybrid): label rows go after each image's rows
         rows, images = [], []
@@ -194,7 +201,7 @@ def nms(
 
 
 def non_max_suppression(
-    prediction: torch.Tensor | Sequence[torch.Tensor],
+    prediction: torch.Tensor | Sequence[torch.Tensor] | RawPrediction,
     conf_thres: float = 0.25,
     iou_thres: float = 0.45,
     classes: Sequence[int] | None = None,
@@ -203,7 +210,8 @@ def non_max_suppression(
     labels: Sequence[torch.Tensor] = (),
     max_det: int = 300,
 ) -> list[torch.Tensor]:
-    """Per image (n, 6) x1, y1, x2, y2, conf, cls from raw (B, N, 5 + nc) predictions, Ultralytics v7.0 selection.
+    """Per image (n, 6) x1, y1, x2, y2, conf, cls from (B, N, 5 + nc) predictions (or a raw-head engine's maps),
+    Ultralytics v7.0 selection.
 
     Unlike Ultralytics there is no time budget: slow hosts get the same detections as fast ones. The whole
     batch is suppressed in one greedy pass with groups (image, class), or (image) when agnostic.

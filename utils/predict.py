@@ -12,6 +12,7 @@ from utils.augmentations import letterbox_chw, letterbox_shape
 from utils.boxes import scale_boxes
 from utils.engines.base import Engine
 from utils.nms import non_max_suppression
+from utils.raw_head import RawPrediction
 
 
 @dataclass
@@ -82,9 +83,10 @@ class Predictor:
         auto = self.engine.dynamic and len(images) == 1  # one image: pad only to the stride (Ultralytics rect)
         return self.letterboxer(images, shape, auto, self.engine.stride, self.engine.input_dtype)
 
-    def postprocess(self, pred: np.ndarray, meta: list[tuple]) -> list[np.ndarray]:
+    def postprocess(self, pred: np.ndarray | RawPrediction, meta: list[tuple]) -> list[np.ndarray]:
         """NMS, then undo the letterbox: (n, 6) x1 y1 x2 y2 conf cls in original pixels per image."""
-        dets = non_max_suppression(torch.from_numpy(pred), self.conf_thres, self.iou_thres, self.classes,
+        pred = pred if isinstance(pred, RawPrediction) else torch.from_numpy(pred)
+        dets = non_max_suppression(pred, self.conf_thres, self.iou_thres, self.classes,
                                    self.agnostic, max_det=self.max_det)
         out = []
         for d, (shape1, shape0, ratio_pad) in zip(dets, meta):

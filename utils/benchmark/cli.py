@@ -71,7 +71,7 @@ def _base_models(weights: list[str] | None, cfg: str | None, sparsity: list[floa
 def build_variants(weights: list[str] | None, cfg: str | None, sparsity: list[float] | None, method: str,
                    block: list[str], quantize: bool, opset: int, imgsz: int = 640,
                    channel_prune: list[float] | None = None, channel_allocation: str = "uniform",
-                   probe: AccuracyProbe | None = None) -> tuple[list[Variant], list[str]]:
+                   probe: AccuracyProbe | None = None, head: str = "decoded") -> tuple[list[Variant], list[str]]:
     """Dense/pruned FP32 copies of each base model (and of its channel-pruned copies), user files as given, INT8
     twins when an exporter exists (calibrated on --data train images when given)."""
     calib_size = imgsz  # built models get their detection head calibrated at the benchmark's size
@@ -95,6 +95,8 @@ def build_variants(weights: list[str] | None, cfg: str | None, sparsity: list[fl
         else:
             variants += int8_variants(variants, exporter)
     unique_names(variants)
+    for v in variants:
+        v.head = head
     if any(b > 1 for b in blocks) and not bases:
         notes.append("--block applies to models pruned here (--cfg, or .pt with --sparsity); files are timed as given")
     return variants, notes
@@ -119,6 +121,9 @@ def method_text(s: Settings, scenarios: list[str]) -> str:
         f"  pre-process : letterbox every image to {h}x{w} (no rect shrink), BGR->RGB, HWC->CHW, /255 float32",
         "  engine      : one engine call on the whole batch (static engines compiled for this batch size)",
         f"  post-process: NMS (conf {s.conf_thres}, IoU {s.iou_thres}) + rescale boxes to each original image",
+        "  Detect's decode: " + ("on the host, only for cells whose objectness passes conf (--head raw: the ONNX files "
+                                 "built here end at Detect's convs; PyTorch and given files decode in the model)"
+                                 if s.head == "raw" else "inside the model (--head decoded)"),
         f"  {s.warmup} warm-up batches (not recorded), then {measured}; items/sec = images / measured wall time;",
         "  ms/batch mean, median, p90, p99, std over the measured batches; batch 1 = latency, 64 = throughput.",
         f"  scenario {'/'.join(scenarios)}: sync = one request at a time; async = several streams in parallel "

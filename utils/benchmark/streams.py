@@ -14,7 +14,7 @@ import numpy as np
 from utils.engines import ASYNC_ENGINES, engine_name  # noqa: F401  (ASYNC_ENGINES re-exported for suite)
 from utils.engines.base import Engine
 from utils.engines.deepsparse_engine import DeepSparseEngine, import_deepsparse, static_onnx
-from utils.engines.openvino_engine import OpenVinoEngine, import_openvino
+from utils.engines.openvino_engine import OpenVinoEngine, import_openvino, output_copies
 
 
 class NoAsync(RuntimeError):
@@ -70,12 +70,12 @@ class OpenVinoStreams(OpenVinoEngine):
             self.num_streams = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         return self
 
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
+    def _forward(self, batch: np.ndarray) -> list[np.ndarray]:
         req = getattr(self._local, "request", None)
         if req is None:  # infer requests are not thread-safe: one per stream thread
             req = self._local.request = self.compiled.create_infer_request()
         req.infer({0: batch})
-        return req.get_output_tensor(0).data.copy()
+        return output_copies(req, len(self.compiled.outputs) if self.raw_head is not None else 1)
 
     def info(self) -> dict:
         return {**super().info(), "hint": "THROUGHPUT", "num_streams": self.num_streams}

@@ -35,6 +35,7 @@ class Settings:
     max_det: int = 1000
     openvino_precision: str = "f32"
     device: str = "cpu"
+    head: str = "raw"
 
 
 def open_engine(weights: Any, engine: str, batch_size: int, scenario: str, s: Settings, cores: int) -> Engine:

@@ -23,6 +23,7 @@ from utils.export import (
     onnx_precision,
     prepare_model,
 )
+from utils.export.head import model_head, strip_decode
 from utils.export.int8 import int8_format_for, qat_int8_exporter, sample_int8_exporter
 from utils.export.prepare import is_qat
 from utils.sparsity.calibration import calibration_batches as calibration_files_batches
@@ -76,6 +77,7 @@ class Variant:
     ir: Path | None = None
     exporter: Int8Exporter | None = None
     source: str = ""
+    head: str = "decoded"  # "raw": files built here end at Detect's convs; the host decodes survivors (--head raw)
     _files: dict[tuple[int, str], Path] = field(default_factory=dict, repr=False)
     _torch: nn.Module | None = field(default=None, repr=False)
 
@@ -101,8 +103,8 @@ class Variant:
             tag = "" if fmt == "fp32" else f"_{fmt}"
             file = workdir / f"{slug(self.name)}{tag}_b{batch_size}_{imgsz[0]}x{imgsz[1]}.onnx"
             # a copy: an INT8 exporter may insert fake-quant modules; the FP32 twin must not change
-            self._files[batch_size, fmt] = Path(self.exporter(copy.deepcopy(self.model), file, imgsz, batch_size,
-                                                              fmt))
+            out = Path(self.exporter(copy.deepcopy(self.model), file, imgsz, batch_size, fmt))
+            self._files[batch_size, fmt] = strip_decode(out, model_head(self.model)) if self.head == "raw" else out
         return self._files[batch_size, fmt]
 
 

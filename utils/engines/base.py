@@ -7,13 +7,16 @@ from typing import Any
 
 import numpy as np
 
+from utils.raw_head import RawHead, RawPrediction
+
 
 class EngineUnavailable(RuntimeError):
     """An engine whose package is missing or that cannot run on this machine; the message says what to do."""
 
 
 class Engine(ABC):
-    """Runs a detector on a letterboxed NCHW RGB batch and returns decoded predictions (B, N, 5+nc).
+    """Runs a detector on a letterboxed NCHW RGB batch and returns decoded predictions (B, N, 5+nc), or, for a file
+    exported with `--head raw`, its conv maps as a RawPrediction that NMS decodes cell by cell.
 
     Subclasses implement `load` and `_forward`; dtype conversion, static-batch chunking and shape checks
     live here so every engine behaves the same for its callers.
@@ -36,14 +39,16 @@ class Engine(ABC):
         self.input_shape: list[Any] = []
         self.fixed_batch: int | None = None  # engines compiled for one batch size get chunked/padded input
         self.file: str = ""
+        self.metadata: dict[str, Any] = {}
+        self._head: tuple[dict, RawHead | None] | None = None  # (the metadata it was read from, the head)
 
     @abstractmethod
     def load(self, path: str | Path) -> "Engine":
         """Open the model file and fill names/stride/imgsz/dynamic/input_*; returns self."""
 
     @abstractmethod
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
-        """Run one batch already in the input dtype and (fixed) batch size; returns the first output."""
+    def _forward(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run one batch already in the input dtype and (fixed) batch size; returns every output, in file order."""
 
     @abstractmethod
     def version(self) -> str:
@@ -63,29 +68,46 @@ class Engine(ABC):
         """The PyTorch module behind the engine (val measures sparsity and runs it directly); None for files."""
         return None
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """Decoded predictions (B, N, 5+nc) float32 for a float [0,1] or uint8 NCHW batch."""
+    @property
+    def raw_head(self) -> RawHead | None:
+        """The head to decode on the host when the file ends at Detect's convs (metadata head: raw), else None."""
+        if self._head is None or self._head[0] is not self.metadata:
+            self._head = (self.metadata, RawHead.from_metadata(self.metadata))
+        return self._head[1]
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray | RawPrediction:
+        """Decoded predictions (B, N, 5+nc) float32 (a RawPrediction for raw-head files) for a float [0,1] or uint8
+        NCHW batch."""
         batch = self._to_input_dtype(np.asarray(batch))
         self._check_shape(batch)
-        out = self._run_batches(batch)
+        outs = self._run_batches(batch)
+        if self.raw_head is not None:
+            return RawPrediction(outs, self.raw_head)
+        out = outs[0]
         if not self.names and out.ndim == 3 and out.shape[-1] > 5:  # file without metadata: generic class names
             self.names = [f"class{i}" for i in range(out.shape[-1] - 5)]
         return out
 
-    def _run_batches(self, batch: np.ndarray) -> np.ndarray:
+    def _outputs(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output as float32; only the first unless the file is raw-head (the others are never read)."""
+        outs = self._forward(batch)
+        outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+        return [np.asarray(o, dtype=np.float32) for o in (outs if self.raw_head is not None else outs[:1])]
+
+    def _run_batches(self, batch: np.ndarray) -> list[np.ndarray]:
         """One call for dynamic-batch engines; fixed-batch engines get chunks, the last one zero-padded."""
         fb = self.fixed_batch
         if fb is None or batch.shape[0] == fb:
-            return np.asarray(self._forward(batch), dtype=np.float32)
-        outs = []
+            return self._outputs(batch)
+        parts = []
         for i in range(0, batch.shape[0], fb):
             chunk = batch[i:i + fb]
             n = chunk.shape[0]
             if n < fb:
                 pad = np.zeros((fb - n, *chunk.shape[1:]), dtype=chunk.dtype)
                 chunk = np.concatenate([chunk, pad])
-            outs.append(np.asarray(self._forward(chunk), dtype=np.float32)[:n])
-        return np.concatenate(outs)
+            parts.append([o[:n] for o in self._outputs(chunk)])
+        return [np.concatenate(level) for level in zip(*parts)]
 
     def warmup(self, n: int = 1) -> None:
         """Run a few zero batches so the first timed or measured call is not the one paying for setup."""

@@ -75,8 +75,8 @@ class DeepSparseEngine(Engine):
         self.names, self.stride, self.metadata = meta["names"], meta["stride"], meta
         return self
 
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
-        return self.engine.run([batch])[0]
+    def _forward(self, batch: np.ndarray) -> list[np.ndarray]:
+        return self.engine.run([batch])
 
     def version(self) -> str:
         return import_deepsparse().__version__

@@ -80,7 +80,8 @@ class OnnxRuntimeEngine(Engine):
         self.names, self.stride, self.metadata = meta["names"], meta["stride"], meta
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: batch})[0]
+        names = [o.name for o in self.session.get_outputs()] if self.raw_head is not None else [self.output_name]
+        return self.session.run(names, {self.input_name: batch})
 
     def int8_kernels(self) -> str | None:
         """Convs of ORT's own optimized graph (written once to a temp file) that run as QLinearConv/ConvInteger."""

@@ -84,7 +84,7 @@ class OpenVinoEngine(Engine):
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         self.request.infer({0: batch})
-        return self.request.get_output_tensor(0).data.copy()  # the buffer is reused by the next infer
+        return output_copies(self.request, len(self.compiled.outputs) if self.raw_head is not None else 1)
 
     def version(self) -> str:
         return import_openvino().__version__
@@ -111,3 +111,8 @@ def _rt(op, key: str) -> str:
     """One runtime-info field of a compiled op as text (OpenVINO wraps values in OVAny)."""
     value = op.get_rt_info()[key]
     return value.astype(str) if hasattr(value, "astype") else str(value)
+
+
+def output_copies(request, n: int) -> list[np.ndarray]:
+    """The first n outputs of a finished infer request, copied: its buffers are reused by the next infer."""
+    return [request.get_output_tensor(i).data.copy() for i in range(n)]

@@ -16,6 +16,7 @@ from utils.engines.metadata import read_onnx_metadata
 from utils.files import increment_path
 from utils.labels import is_writable_dir
 
+from .head import HEADS, model_head, strip_decode
 from .int8 import INT8_FORMATS, calibration_images, export_convinteger, export_qdq
 from .metadata import checkpoint_recipe, export_metadata, model_sparsity
 from .openvino import export_openvino
@@ -70,7 +71,7 @@ def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), im
                    device: str = "cpu", verify: bool = True, log=print, verify_strict: bool = False,
                    prune: Callable[[nn.Module], str] | None = None, int8: bool = False, data: str | dict | None = None,
                    calib_images: int = 128, int8_format: str = "qdq", calib_method: str = DEFAULT_METHOD,
-                   verify_images: int = 8, uint8_input: bool = False) -> dict[str, Any]:
+                   verify_images: int = 8, uint8_input: bool = False, head: str = "decoded") -> dict[str, Any]:
     """Checkpoint -> ONNX (+ INT8, + OpenVINO) next to it, with metadata, a sparsity check, a numeric check, sizes.
 
     prune: optional one-shot step on the loaded model (export.py's old --sparsity); it returns a tag for the file name
@@ -80,7 +81,10 @@ def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), im
     "ultralytics" in include: also write <stem>_ultralytics.pt in Ultralytics YOLOv5's own (pickled) layout; alone,
     with no --int8, it is the only file written.
     uint8_input: the graph takes uint8 NCHW RGB pixels and divides by 255 itself (no float conversion in the caller).
+    head: "raw" ends every ONNX file at Detect's convs; our engines decode only the cells that pass objectness.
     """
+    if head not in HEADS:
+        raise ValueError(f"--head {head!r}: choose one of {', '.join(HEADS)}")
     job = _load(weights, imgsz, batch_size, dynamic, device, prune, int8, data, calib_images, int8_format,
                 verify_images, uint8_input, log)
     if "ultralytics" in include:
@@ -91,6 +95,8 @@ def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), im
     _write_onnx(job, int8_format, dynamic, opset, simplify, uint8_input)
     if int8 and not is_qat(job.model):
         _write_int8(job, int8_format, calib_images, calib_method, data)
+    if head == "raw":
+        _strip_decode(job)
     if verify:
         _verify(job, verify_images, verify_strict)
     if "openvino" in include:
@@ -149,6 +155,16 @@ def _write_int8(job: Export, int8_format: str, calib_images: int, calib_method: 
     how = f"{int8_format}, {calib_method if int8_format == 'qdq' else 'SparseML observers'}"
     job.log(f"export: wrote {int8_file} ({describe(int8_file)}; {how}, calibrated on {len(calib)} images of "
             f"{dataset_name(data)})")
+
+
+def _strip_decode(job: Export) -> None:
+    """--head raw: every ONNX file ends at Detect's conv maps (checked against PyTorch's decode by _verify)."""
+    raw = model_head(job.model)
+    for f in job.onnx_files():
+        strip_decode(f, raw)
+        job.log(f"export: {f.name} ends at Detect's convs (--head raw): the decode runs on the host, for the cells "
+                f"that pass objectness")
+    job.meta.update(raw.metadata())
 
 
 def _verify(job: Export, verify_images: int, strict: bool) -> None:
