@@ -5,7 +5,7 @@ from pathlib import Path
 
 from tests.conftest import ROOT
 from tests.test_val import coco128_yaml
-from tools import channel_allocations, ort_spinning, time_oneshot
+from tools import channel_allocations, head_stem, ort_spinning, time_oneshot
 
 YOLOV5N = str(ROOT / "models/yolov5n.yaml")
 TIMES = ("e2e_ms", "pre_ms", "engine_ms", "post_ms")
@@ -72,3 +72,14 @@ def test_parse_opt_defaults_reproduce_the_recorded_runs() -> None:
         assert opt.runs + opt.warmup == calls and opt.warmup == 5
     opt = time_oneshot.parse_opt(["--cfg", YOLOV5N, "--img", "128"])
     assert opt.weights == YOLOV5N and opt.imgsz == 128 and opt.method == "obc" and opt.calib_images == 128
+
+
+def test_head_stem_raw_head_and_space_to_depth_keep_outputs(tmp_path: Path, yolov5n_pt: Path) -> None:
+    """Both layouts give the same results as the originals (the timings are what the tool is for)."""
+    rows = head_stem.run(weights=[str(yolov5n_pt)], cfg=[], imgsz=128, runs=2, warmup=1, threads=1,
+                         save_dir=str(tmp_path))
+    (r,) = rows
+    assert r["same_detections"] and r["decoded_dense_equal"] and r["stem_max_abs_diff"] < 1e-3
+    assert_times(r["head"]["decoded"])
+    assert_times(r["head"]["raw"])
+    assert r["stem_ms"]["raw"] > 0 and (tmp_path / "results.json").is_file()
