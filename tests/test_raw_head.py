@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,10 +16,13 @@ from models.yolo import DetectionModel
 from utils.checkpoint import load_model
 from utils.engines import load_engine
 from utils.engines.metadata import read_onnx_metadata
+from utils.export import export_onnx, prepare_model
 from utils.export.head import model_head, strip_decode
+from utils.export.qat_qdq import export_qat_qdq
 from utils.nms import non_max_suppression
 from utils.predict import Predictor
 from utils.raw_head import RawHead, RawPrediction
+from utils.sparsity.ptq import calibration_batches, quantize_ptq
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +93,20 @@ def test_qat_and_int8_exports_strip_too(tmp_path, yolov5n_pt):
     for f in res["files"]:
         assert len(onnx.load(str(f)).graph.output) == 3
     assert res["verify_all"]["yolov5n_int8.onnx"]["agrees"] and res["verify"]["max_abs"] < 0.05
+
+
+def test_qat_forms_strip_too(tmp_path, yolov5n_pt, bus_jpg):
+    """A QAT model's two INT8 forms (SparseML's ConvInteger, our QDQ) keep their detections with --head raw."""
+    q = quantize_ptq(load_model(str(yolov5n_pt)), calibration_batches((320, 320)))
+    meta = {"names": [str(i) for i in range(80)], "imgsz": [320, 320]}
+    made = [export_onnx(prepare_model(q), tmp_path / "ci.onnx", 320, metadata=meta),
+            export_qat_qdq(q, tmp_path / "qdq.onnx", (320, 320), 1, meta)]
+    im = cv2.imread(str(bus_jpg))
+    for f in made:
+        raw = strip_decode(Path(shutil.copy(f, f.with_name(f.stem + "_raw.onnx"))), model_head(q))
+        a, b = (Predictor(load_engine(x), (320, 320), 0.25, 0.45)([im])[0] for x in (f, raw))
+        assert len(onnx.load(str(raw)).graph.output) == 3 and a.shape == b.shape and len(a) >= 3, f.name
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-3)
 
 
 def test_file_without_decode_is_one_clear_error(files, tmp_path):
