@@ -3,7 +3,8 @@
 Usage:
     from utils.engines import load_engine
     engine = load_engine("yolov5n.onnx", engine="deepsparse", batch_size=1, imgsz=640, num_threads=2)
-    pred = engine(batch)  # batch: float32 NCHW RGB in [0,1] (or uint8); pred: (B, N, 5+nc)
+    pred = engine(batch)  # batch: float32 NCHW RGB in [0,1] (or uint8); pred: (B, N, 5+nc), or for a file
+                          # exported with --head raw a utils.raw_head.RawPrediction that NMS decodes cell by cell
 """
 from __future__ import annotations
 
