@@ -67,6 +67,9 @@ def test_pareto_front_and_loaded_rows_stay_off_it() -> None:
     assert "c pruned60 INT8 on openvino (3.0 ms, mAP50 0.700) -> b pruned60 FP32 on onnxruntime" in md
     assert "e lucky" not in md.split("Pareto front")[1] and "2.0 (loaded)" in md
     assert rows[1]["map50_kept"] == pytest.approx(0.78 / 0.80)
+    ship = md.split("Which variant to ship")[1].split("Pareto front")[0]
+    assert "- onnxruntime: b pruned60 FP32 (6.0 ms" in ship  # 97.5% kept and faster than dense
+    assert "- openvino: no variant keeps 95%" in ship and "lucky" not in ship  # 87.5%; loaded rows left out
 
 
 def test_training_run_files_are_named_after_their_run(tmp_path: Path) -> None:

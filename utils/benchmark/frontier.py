@@ -38,6 +38,7 @@ def plot_frontier(rows: list[dict], file: Path) -> Path | None:
         FigureCanvasAgg,  # matplotlib only when a frontier exists
     )
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
 
     fig = Figure(figsize=(11, 6), tight_layout=True)
     FigureCanvasAgg(fig)
@@ -59,6 +60,9 @@ def plot_frontier(rows: list[dict], file: Path) -> Path | None:
         ax.scatter([], [], marker="o", facecolors="none", edgecolors="black", label="hollow: timed under foreign "
                    "CPU load (off the front)")
     ax.set_xscale("log")
+    plain = FuncFormatter(lambda v, _pos: f"{v:g}")  # 12, not 1.2 x 10^1
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
     ax.set_xlabel("end-to-end latency, batch 1 (ms, pre + engine + post; log scale, lower is better)")
     ax.set_ylabel("mAP@0.5 on the val split (higher is better)")
     ax.grid(True, which="both", alpha=0.3)
@@ -69,6 +73,22 @@ def plot_frontier(rows: list[dict], file: Path) -> Path | None:
 
 def _f(v: object, spec: str) -> str:
     return "-" if v is None else format(v, spec)
+
+
+def ship_lines(rows: list[dict], keep: float = 0.95) -> list[str]:
+    """Per engine, the fastest batch-1 row that keeps `keep` of the baseline's mAP50: which file to deploy there."""
+    trusted = [r for r in frontier_rows(rows) if r.get("map50_kept") is not None]
+    out = []
+    for engine in dict.fromkeys(r["engine"] for r in trusted):
+        ok = [r for r in trusted if r["engine"] == engine and r["map50_kept"] >= keep]
+        if ok:
+            r = min(ok, key=lambda r: r["ms_mean"])
+            out.append(f"- {engine}: {r['variant']} ({r['ms_mean']:.1f} ms, {_f(r.get('ratio'), '.2f')}x the "
+                       f"baseline, mAP50 {r['map50']:.3f} = {100 * r['map50_kept']:.1f}% of dense)")
+        else:
+            out.append(f"- {engine}: no variant keeps {keep:.0%} of the dense mAP50")
+    return ["", f"Which variant to ship (fastest at batch 1 keeping >= {keep:.0%} of the dense mAP50; rows timed "
+            "under foreign load left out):", *out] if out else []
 
 
 def format_accuracy_markdown(rows: list[dict], baseline: str) -> str:
@@ -90,6 +110,7 @@ def format_accuracy_markdown(rows: list[dict], baseline: str) -> str:
             f"{_f(r.get('size_gzip_mb'), '.2f')} | {r['ms_mean']:.1f}{flag} | {_f(r.get('pre_post_share'), '.0%')} | "
             f"{_f(r.get('ratio'), '.2f')} | {_f(big and big['items_per_sec'], '.1f')} | "
             f"{_f(big and big.get('ratio'), '.2f')} |")
+    lines += ship_lines(rows)
     front = pareto(frontier_rows(rows))
     if front:
         lines += ["", "Pareto front (batch 1): " + " -> ".join(f"{r['variant']} on {r['engine']} "
