@@ -141,3 +141,18 @@ def test_raw_file_on_native_engines(files, bus_jpg, engine):
     a, b = preds["decoded"]([im])[0], preds["raw"]([im])[0]
     assert a.shape == b.shape and len(a) >= 4
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-3)
+
+
+def test_static_batch_file_chunks_raw_outputs(tmp_path, yolov5n_pt, bus_jpg):
+    """A batch-2 raw file given 3 images: every level's maps are chunked, padded and cut back like decoded outputs."""
+    out = {}
+    for head in ("decoded", "raw"):
+        d = tmp_path / head
+        d.mkdir()
+        shutil.copy(yolov5n_pt, d / "yolov5n.pt")
+        out[head] = export.run(weights=str(d / "yolov5n.pt"), imgsz=[160], batch_size=2, head=head)[0]
+    im = cv2.resize(cv2.imread(str(bus_jpg)), (160, 160))[..., ::-1].transpose(2, 0, 1)
+    x = np.stack([im, im[:, ::-1], im[:, :, ::-1]]).astype(np.float32) / 255
+    raw = load_engine(out["raw"])(x)
+    assert isinstance(raw, RawPrediction) and [m.shape[0] for m in raw.maps] == [3, 3, 3]
+    np.testing.assert_allclose(raw.dense(), load_engine(out["decoded"])(x), rtol=1e-5, atol=1e-3)
