@@ -8,12 +8,14 @@ import pytest
 
 import benchmark
 import val
+from models.yolo import DetectionModel
 from utils.benchmark.accuracy import add_accuracy_ratios, gzip_mb
 from utils.benchmark.frontier import format_accuracy_markdown, pareto
 from utils.benchmark.cli import unique_names
 from utils.benchmark.variants import NotApplicable, Variant, checkpoint_variant, file_group
 from utils.checkpoint import load_model
 from utils.export import onnx_precision
+from utils.sparsity.methods import METHODS, PruneContext
 from utils.sparsity.ptq import calibration_batches, quantize_ptq
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,3 +102,16 @@ def test_two_files_with_one_name_stay_apart() -> None:
     vs = [Variant("exp dense FP32", "exp", 0.0), Variant("exp dense FP32", "exp", 0.0), Variant("x INT8", "x", 0.0)]
     unique_names(vs)
     assert [v.name for v in vs] == ["exp dense FP32", "exp dense FP32 #2", "x INT8"]
+
+
+def test_channel_pruned_checkpoint_is_not_a_dense_baseline() -> None:
+    """A channel-pruned .pt is named by the MACs it removed, so ratios and '% of dense' use the real dense model."""
+    model = DetectionModel("models/yolov5n.yaml").eval()
+    METHODS["channel"].prune(model, 0.5, PruneContext(imgsz=64, options={"importance": "l1"}))
+    v = checkpoint_variant(model, "d_cp", 13, "test")
+    tag = v.name.split()[1]
+    assert v.name == f"d_cp {tag} FP32" and 45 <= int(tag[2:]) <= 55, v.name
+    assert checkpoint_variant(DetectionModel("models/yolov5n.yaml").eval(), "a", 13, "t").name == "a dense FP32"
+    rows = [_row("a dense FP32", "onnxruntime", 10, 0.80), _row(v.name, "onnxruntime", 5, 0.72)]
+    add_accuracy_ratios(rows, "onnxruntime", "dense FP32")
+    assert rows[1]["map50_kept"] == pytest.approx(0.9)

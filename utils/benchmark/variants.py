@@ -26,7 +26,9 @@ from utils.export import (
 from utils.export.head import model_head, strip_decode
 from utils.export.int8 import int8_format_for, qat_int8_exporter, sample_int8_exporter
 from utils.export.prepare import is_qat
+from models.yolo import DetectionModel
 from utils.sparsity.calibration import calibration_batches as calibration_files_batches
+from utils.sparsity.channel import WIDTHS_KEY, ChannelGraph
 from utils.sparsity.measure import global_sparsity
 from utils.sparsity.methods import METHODS, PruneContext, get_method
 from utils.sparsity.oneshot import bn_recalibrate
@@ -236,14 +238,33 @@ def int8_variants(fp32: list[Variant], exporter: Int8Exporter) -> list[Variant]:
             for v in fp32 if v.model is not None and v.precision == "FP32"]
 
 
+def channel_tag(model: nn.Module) -> str:
+    """'cp51' for a channel-pruned checkpoint (51% of conv MACs removed against its yaml's full widths), else ''."""
+    cfg = dict(getattr(model, "yaml", None) or {})
+    if not cfg.pop(WIDTHS_KEY, None):
+        return ""
+    full = ChannelGraph(DetectionModel(cfg, nc=model.nc).eval()).macs()
+    return f"cp{round(100 * (1 - ChannelGraph(copy.deepcopy(model).eval()).macs() / full))}"
+
+
 def checkpoint_variant(model: nn.Module, group: str, opset: int, source: str) -> Variant:
-    """A loaded checkpoint: FP32 as it is, or a QAT model as INT8 with its learned scales (per-engine form)."""
+    """A loaded checkpoint: FP32 as it is, or a QAT model as INT8 with its learned scales (per-engine form).
+
+    A channel-pruned checkpoint is named by the MACs it removed (d cp51 FP32), not 'dense': it must not serve as
+    the dense baseline of its own ratios.
+    """
     if not is_qat(model):
-        return model_variant(model, group, "unstructured", opset, source)
-    s = global_sparsity(model)
-    return Variant(f"{group} {sparsity_label(s, 'unstructured')} INT8", group, s,
-                   "dense" if s < 0.01 else "unstructured", "INT8", model=model, exporter=qat_int8_exporter(),
-                   source=f"{source} (QAT)")
+        v = model_variant(model, group, "unstructured", opset, source)
+    else:
+        s = global_sparsity(model)
+        v = Variant(f"{group} {sparsity_label(s, 'unstructured')} INT8", group, s,
+                    "dense" if s < 0.01 else "unstructured", "INT8", model=model, exporter=qat_int8_exporter(),
+                    source=f"{source} (QAT)")
+    tag = channel_tag(model)
+    if tag:
+        label = v.name[len(group) + 1:]  # 'dense FP32', 'pruned40 INT8', ...
+        v.name = f"{group} {tag} {label.removeprefix('dense ')}"
+    return v
 
 
 def file_group(path: Path) -> str:
