@@ -44,8 +44,10 @@ def qat_files(yolov5n_pt, tmp_path_factory):
     d = tmp_path_factory.mktemp("qat_qdq")
     q = quantize_ptq(load_model(str(yolov5n_pt)), calibration_batches(IMGSZ))
     ci = export_onnx(prepare_model(q), d / "convinteger.onnx", IMGSZ)
-    qdq = export_qat_qdq(q, d / "qdq.onnx", IMGSZ, 1, metadata={"names": ["a", "b"], "imgsz": list(IMGSZ)})
-    return ci, qdq
+    meta = {"names": ["a", "b"], "imgsz": list(IMGSZ)}
+    qdq = export_qat_qdq(q, d / "qdq.onnx", IMGSZ, 1, metadata=meta, quantize_silu=False)  # the exact learned numbers
+    fast = export_qat_qdq(q, d / "qdq_silu.onnx", IMGSZ, 1, metadata=meta)  # the default: SiLU in uint8 too
+    return ci, qdq, fast
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +141,24 @@ def test_numbers_match_the_convinteger_file(qat_files, bus):
     assert rel < REL_TOL, rel
     m = match_detections(a, b)
     assert m["dets_torch"] >= 3 and m["dets_matched"] == m["dets_torch"] == m["dets_onnx"], m
+
+
+def test_default_export_runs_silu_in_uint8_with_the_same_detections(qat_files, bus, tmp_path):
+    """export.py's QAT form: each Sigmoid output gets a fixed-range Q/DQ, so ORT fuses QLinearSigmoid/QLinearMul
+    (the float SiLU between Q/DQ pairs made QAT files slower than FP32); detections stay those of ConvInteger."""
+    proto = onnx.load(str(qat_files[2]))
+    sig = {n.output[0] for n in proto.graph.node if n.op_type == "Sigmoid"}
+    sig_q = [n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in sig]
+    assert len(sig_q) == 27 and "SiLU uint8" in {p.key: p.value for p in proto.metadata_props}["scheme"]
+    _ort(qat_files[2], tmp_path / "opt.onnx")
+    ops = _ops(onnx.load(str(tmp_path / "opt.onnx")))
+    # yolov5n: 27 of 57 SiLUs feed only QuantizeLinear (the next conv's input); the others feed a Concat or a residual
+    # Add in float and are left as exported
+    assert ops["QLinearSigmoid"] == ops["QLinearMul"] == 27 and ops["QLinearConv"] == 57, ops
+    a = _ort(qat_files[0]).run(None, {"images": bus})[0]
+    b = _ort(qat_files[2]).run(None, {"images": bus})[0]
+    m = match_detections(a, b)
+    assert m["dets_torch"] >= 3 and m["dets_matched"] >= 0.9 * m["dets_torch"], m
 
 
 def test_numbers_match_the_qlinearconv_reference(ref_files, bus_jpg):
