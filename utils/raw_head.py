@@ -8,7 +8,7 @@ the surviving cells are decoded, with the same float32 operations as Detect._dec
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
@@ -29,7 +29,6 @@ class RawHead:
     anchors: np.ndarray
     strides: np.ndarray
     nc: int
-    _grids: dict = field(default_factory=dict, repr=False)
 
     @property
     def na(self) -> int:

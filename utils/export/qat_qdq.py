@@ -62,6 +62,15 @@ _PASSTHROUGH = {"MaxPool", "Reshape", "Transpose", "Concat", "Slice", "Split", "
                 "Identity", "Resize", "Gather", "Pad", "DepthToSpace", "SpaceToDepth"}
 
 
+def _consumers(nodes) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes reading it."""
+    out: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for n in nodes:
+        for i in n.input:
+            out[i].append(n)
+    return out
+
+
 class _Graph:
     """Constants, producers and consumers of a graph, plus fresh names for what the rewrite adds."""
 
@@ -69,10 +78,7 @@ class _Graph:
         self.graph = graph
         self.inits = {t.name: t for t in graph.initializer}
         self.producer = {o: n for n in graph.node for o in n.output}
-        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-        for n in graph.node:
-            for i in n.input:
-                self.consumers[i].append(n)
+        self.consumers = _consumers(graph.node)
         self.outputs = {o.name for o in graph.output}
         self.new_inits: list[onnx.TensorProto] = []
         self.names = set(self.inits) | set(self.producer) | {i.name for i in graph.input}
@@ -274,10 +280,7 @@ def _rewrite_convinteger(g: _Graph, node: onnx.NodeProto) -> tuple[list[onnx.Nod
 
 def _activation_int8_to_uint8(g: _Graph, nodes: list[onnx.NodeProto]) -> int:
     """Move int8 activations (Q/DQ with int8 zero points on computed tensors) to uint8: zero point + 128."""
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for n in nodes:
-        for i in n.input:
-            consumers[i].append(n)
+    consumers = _consumers(nodes)
 
     def int8_zp(n: onnx.NodeProto) -> bool:
         if n.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(n.input) < 3:
@@ -324,10 +327,7 @@ def _quantize_silu(g: _Graph, nodes: list[onnx.NodeProto]) -> int:
     DQ, DQ -> Mul -> Q as QLinearSigmoid and QLinearMul instead of dequantizing, SiLU in float and requantizing
     every activation (what made QAT files slower than FP32). Only SiLUs between a learned DQ input and Q outputs."""
     producer = {o: n for n in nodes for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for n in nodes:
-        for i in n.input:
-            consumers[i].append(n)
+    consumers = _consumers(nodes)
     added = 0
     for sig in [n for n in nodes if n.op_type == "Sigmoid"]:
         x, y = sig.input[0], sig.output[0]
