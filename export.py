@@ -66,6 +66,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--uint8-input", action="store_true",
                         help="the graph takes uint8 NCHW RGB pixels and does the /255 itself (engines are fed bytes, "
                         "pre-processing skips the float conversion); float exports only")
+    parser.add_argument("--nhwc", action="store_true",
+                        help="the graph takes uint8 NHWC BGR frames as OpenCV reads them: layout change, channel "
+                        "order and /255 run inside the engine, the host only letterboxes (any format, --int8 too)")
     parser.add_argument("--head", choices=HEADS, default="decoded",
                         help="decoded: output (batch, anchors, 5+nc) as Ultralytics writes it; raw: the file ends at "
                         "Detect's convs and our engines decode only cells that pass objectness (faster end to end)")
@@ -80,7 +83,7 @@ def run(weights: str = "yolov5n.pt", imgsz: list[int] | int = (640,), batch_size
         opset: int = DEFAULT_OPSET, verify_strict: bool = False, int8: bool = False, data: str | None = None,
         calib_images: int = 128, int8_format: str = "qdq", calib_method: str = DEFAULT_METHOD,
         allow_download_code: bool = False, prune: Callable[[nn.Module], str] | None = None,
-        uint8_input: bool = False, head: str = "decoded") -> list[Path]:
+        uint8_input: bool = False, head: str = "decoded", nhwc: bool = False) -> list[Path]:
     """Export and return the written paths (ONNX file first, unless only ultralytics); `prune` edits the model first."""
     include = tuple(f.lower() for f in include)
     unknown = [f for f in include if f not in FORMATS]
@@ -96,7 +99,7 @@ def run(weights: str = "yolov5n.pt", imgsz: list[int] | int = (640,), batch_size
     return export_weights(weights, include, hw, batch_size, dynamic, opset, simplify, device, prune=prune,
                           verify_strict=verify_strict, int8=int8, data=data_dict, calib_images=calib_images,
                           int8_format=int8_format, calib_method=calib_method, uint8_input=uint8_input,
-                          head=head)["files"]
+                          head=head, nhwc=nhwc)["files"]
 
 
 def main(opt: argparse.Namespace) -> list[Path]:

@@ -98,6 +98,28 @@ def letterbox_chw(im: np.ndarray, out: np.ndarray, new_shape: int | tuple[int, i
     return ratio, pad
 
 
+def letterbox_hwc(im: np.ndarray, out: np.ndarray, new_shape: int | tuple[int, int] | None = None,
+                  auto: bool = False, scaleup: bool = True, stride: int = 32,
+                  color: tuple[int, int, int] = (114, 114, 114)) -> tuple[tuple[float, float], tuple[float, float]]:
+    """letterbox(im, new_shape, auto=auto)[0] written into `out` (H, W, 3) uint8 BGR: the resize lands in the
+    canvas' inner rectangle itself and only the border is filled, so each pixel is written once (the input of a
+    graph exported with --nhwc). Returns (rw, rh), (dw, dh) as letterbox does."""
+    h, w = out.shape[:2]
+    new_unpad, ratio, pad, (top, bottom, left, right) = letterbox_geometry(
+        im.shape[:2], (h, w) if new_shape is None else new_shape, auto, False, scaleup, stride)
+    if (h, w) != (new_unpad[1] + top + bottom, new_unpad[0] + left + right):
+        raise ValueError(f"letterbox_hwc: output {h}x{w} is not the letterboxed size of a {im.shape[0]}x"
+                         f"{im.shape[1]} image; allocate it with letterbox_shape()")
+    inner = out[top:h - bottom, left:w - right]
+    if im.shape[1::-1] != new_unpad:
+        cv2.resize(im, new_unpad, dst=inner, interpolation=cv2.INTER_LINEAR)
+    else:
+        inner[...] = im
+    for band in (out[:top], out[h - bottom:], out[top:h - bottom, :left], out[top:h - bottom, w - right:]):
+        band[...] = color
+    return ratio, pad
+
+
 def to_blob(images: list[np.ndarray]) -> np.ndarray:
     """Same-size BGR HWC uint8 images -> float32 NCHW RGB in [0, 1], in one pass (OpenCV's blob routine: 3-4x
     faster than flip/transpose/stack/astype/divide in numpy, which cost ~5 ms of a 640x640 image's pre-processing)."""

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from utils.augmentations import letterbox_chw, letterbox_shape
+from utils.augmentations import letterbox_chw, letterbox_hwc, letterbox_shape
 from utils.boxes import scale_boxes
-from utils.engines.base import Engine
+from utils.engines.base import NHWC_BGR, Engine
 from utils.nms import non_max_suppression
 from utils.raw_head import RawPrediction
 
@@ -42,11 +42,14 @@ class Letterboxer:
         self._resized: dict[tuple, np.ndarray] = {}
 
     def __call__(self, images: list[np.ndarray], shape: tuple[int, int], auto: bool, stride: int,
-                 dtype: np.dtype = np.float32) -> tuple[np.ndarray, list[tuple]]:
-        """(batch, meta) where meta per image is (letterboxed (h, w), original (h, w), (ratio, pad))."""
+                 dtype: np.dtype = np.float32, layout: str = "NCHW RGB") -> tuple[np.ndarray, list[tuple]]:
+        """(batch, meta) where meta per image is (letterboxed (h, w), original (h, w), (ratio, pad)); layout
+        'NHWC BGR' (a graph exported with --nhwc) gets the letterboxed frames themselves, uint8."""
         if not images:
             raise ValueError("no images to pre-process")
         h, w = letterbox_shape(images[0].shape[:2], shape, auto, stride=stride) if auto else tuple(shape)
+        if layout == NHWC_BGR:
+            return self._frames(images, shape, auto, stride, (h, w))
         out = np.empty((len(images), 3, h, w), np.uint8 if np.dtype(dtype) == np.uint8 else np.float32)
         meta = []
         for im0, chw in zip(images, out):
@@ -59,6 +62,18 @@ class Letterboxer:
                 self._resized[key] = np.empty((int(round(im0.shape[0] * r)), int(round(im0.shape[1] * r)), 3),
                                               np.uint8)
             meta.append(((h, w), im0.shape[:2], (ratio, pad)))
+        return out, meta
+
+    @staticmethod
+    def _frames(images: list[np.ndarray], shape: tuple[int, int], auto: bool, stride: int,
+                hw: tuple[int, int]) -> tuple[np.ndarray, list[tuple]]:
+        """NHWC BGR uint8 batch: one resize per image straight into its canvas, nothing else on the host."""
+        out, meta = np.empty((len(images), *hw, 3), np.uint8), []
+        for im0, frame in zip(images, out):
+            if im0.ndim != 3 or im0.shape[2] != 3:
+                raise ValueError(f"expected BGR images (H, W, 3); got shape {im0.shape}")
+            ratio, pad = letterbox_hwc(im0, frame, shape, auto=auto, stride=stride)
+            meta.append((hw, im0.shape[:2], (ratio, pad)))
         return out, meta
 
 
@@ -81,7 +96,8 @@ class Predictor:
         engine takes any size."""
         shape = self.engine.imgsz or self.imgsz
         auto = self.engine.dynamic and len(images) == 1  # one image: pad only to the stride (Ultralytics rect)
-        return self.letterboxer(images, shape, auto, self.engine.stride, self.engine.input_dtype)
+        return self.letterboxer(images, shape, auto, self.engine.stride, self.engine.input_dtype,
+                                self.engine.input_layout)
 
     def postprocess(self, pred: np.ndarray | RawPrediction, meta: list[tuple]) -> list[np.ndarray]:
         """NMS, then undo the letterbox: (n, 6) x1 y1 x2 y2 conf cls in original pixels per image."""

@@ -55,7 +55,8 @@ class Pipeline:
     def preprocess(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[tuple]]:
         """BGR HWC -> NCHW RGB (float32 [0,1], or uint8 for a uint8-input graph); auto=False so batch 1 is not
         padded smaller than batch 64 is."""
-        return self.letterboxer(images, self.imgsz, False, self.engine.stride, self.engine.input_dtype)
+        return self.letterboxer(images, self.imgsz, False, self.engine.stride, self.engine.input_dtype,
+                                self.engine.input_layout)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """The engine stage alone (the pipelined scenario runs it on its own thread)."""

@@ -36,6 +36,7 @@ class Settings:
     openvino_precision: str = "f32"
     device: str = "cpu"
     head: str = "raw"
+    nhwc: bool = False
 
 
 def open_engine(weights: Any, engine: str, batch_size: int, scenario: str, s: Settings, cores: int) -> Engine:

@@ -24,6 +24,7 @@ from utils.export import (
     prepare_model,
 )
 from utils.export.head import model_head, strip_decode
+from utils.export.pixels import nhwc_input
 from utils.export.int8 import int8_format_for, qat_int8_exporter, sample_int8_exporter
 from utils.export.prepare import is_qat
 from models.yolo import DetectionModel
@@ -80,6 +81,7 @@ class Variant:
     exporter: Int8Exporter | None = None
     source: str = ""
     head: str = "decoded"  # "raw": files built here end at Detect's convs; the host decodes survivors (--head raw)
+    nhwc: bool = False  # files built here take uint8 NHWC BGR frames (--nhwc)
     _files: dict[tuple[int, str], Path] = field(default_factory=dict, repr=False)
     _torch: nn.Module | None = field(default=None, repr=False)
 
@@ -106,7 +108,8 @@ class Variant:
             file = workdir / f"{slug(self.name)}{tag}_b{batch_size}_{imgsz[0]}x{imgsz[1]}.onnx"
             # a copy: an INT8 exporter may insert fake-quant modules; the FP32 twin must not change
             out = Path(self.exporter(copy.deepcopy(self.model), file, imgsz, batch_size, fmt))
-            self._files[batch_size, fmt] = strip_decode(out, model_head(self.model)) if self.head == "raw" else out
+            out = strip_decode(out, model_head(self.model)) if self.head == "raw" else out
+            self._files[batch_size, fmt] = nhwc_input(out) if self.nhwc else out
         return self._files[batch_size, fmt]
 
 

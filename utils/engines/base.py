@@ -9,6 +9,8 @@ import numpy as np
 
 from utils.raw_head import RawHead, RawPrediction
 
+NHWC_BGR = "NHWC BGR"  # utils.export.pixels: a graph that takes OpenCV frames (uint8 HWC, BGR) letterboxed
+
 
 class EngineUnavailable(RuntimeError):
     """An engine whose package is missing or that cannot run on this machine; the message says what to do."""
@@ -69,6 +71,23 @@ class Engine(ABC):
         return None
 
     @property
+    def channels_last(self) -> bool:
+        """The file's input is (B, H, W, 3) (export --nhwc) rather than (B, 3, H, W)."""
+        s = self.input_shape
+        return len(s) == 4 and s[3] == 3 and s[1] != 3
+
+    @property
+    def input_layout(self) -> str:
+        """'NCHW RGB' (float or uint8), or 'NHWC BGR' for a graph that takes letterboxed OpenCV frames."""
+        if not self.channels_last:
+            return "NCHW RGB"
+        return NHWC_BGR if self.metadata.get("input_layout") == NHWC_BGR else "NHWC RGB"
+
+    def spatial(self, shape: list[Any]) -> list[Any]:
+        """The (H, W) dimensions of an input shape in this file's layout."""
+        return list(shape[1:3]) if self.channels_last else list(shape[2:4])
+
+    @property
     def raw_head(self) -> RawHead | None:
         """The head to decode on the host when the file ends at Detect's convs (metadata head: raw), else None."""
         if self._head is None or self._head[0] is not self.metadata:
@@ -78,7 +97,7 @@ class Engine(ABC):
     def __call__(self, batch: np.ndarray) -> np.ndarray | RawPrediction:
         """Decoded predictions (B, N, 5+nc) float32 (a RawPrediction for raw-head files) for a float [0,1] or uint8
         NCHW batch."""
-        batch = self._to_input_dtype(np.asarray(batch))
+        batch = self._to_input_dtype(self._to_layout(np.asarray(batch)))
         self._check_shape(batch)
         outs = self._run_batches(batch)
         if self.raw_head is not None:
@@ -112,7 +131,8 @@ class Engine(ABC):
     def warmup(self, n: int = 1) -> None:
         """Run a few zero batches so the first timed or measured call is not the one paying for setup."""
         h, w = self.imgsz or self.requested_imgsz
-        x = np.zeros((self.fixed_batch or self.batch_size, 3, h, w), dtype=self.input_dtype)
+        shape = (h, w, 3) if self.channels_last else (3, h, w)
+        x = np.zeros((self.fixed_batch or self.batch_size, *shape), dtype=self.input_dtype)
         for _ in range(n):
             self(x)
 
@@ -131,6 +151,12 @@ class Engine(ABC):
             "dynamic": self.dynamic,
         }
 
+    def _to_layout(self, batch: np.ndarray) -> np.ndarray:
+        """NCHW RGB batches (val, export checks) for an NHWC file: transposed, BGR where the file wants OpenCV order."""
+        if not self.channels_last or batch.ndim != 4 or batch.shape[1] != 3 or batch.shape[3] == 3:
+            return batch
+        return (batch[:, ::-1] if self.input_layout == NHWC_BGR else batch).transpose(0, 2, 3, 1)
+
     def _to_input_dtype(self, batch: np.ndarray) -> np.ndarray:
         """Accept float [0,1] or uint8 pixels whatever the model wants; quantized-input models take uint8."""
         want = self.input_dtype
@@ -144,12 +170,15 @@ class Engine(ABC):
 
     def _check_shape(self, batch: np.ndarray) -> None:
         """Fail with the fix in the message rather than deep inside a backend."""
-        if batch.ndim != 4 or batch.shape[1] != 3:
-            raise ValueError(f"{self.name}: expected an NCHW batch with 3 channels, got shape {batch.shape}")
-        if self.imgsz and tuple(batch.shape[2:]) != tuple(self.imgsz):
+        c = batch.shape[3] if self.channels_last and batch.ndim == 4 else batch.shape[1] if batch.ndim == 4 else 0
+        if c != 3:
+            raise ValueError(f"{self.name}: expected an {self.input_layout[:4]} batch with 3 channels, got shape "
+                             f"{batch.shape}")
+        hw = tuple(self.spatial(list(batch.shape)))
+        if self.imgsz and hw != tuple(self.imgsz):
             raise ValueError(
                 f"{self.name}: {self.file} has a fixed input of {self.imgsz[0]}x{self.imgsz[1]} but got "
-                f"{batch.shape[2]}x{batch.shape[3]}; letterbox to that size (auto=False) or export with --dynamic"
+                f"{hw[0]}x{hw[1]}; letterbox to that size (auto=False) or export with --dynamic"
             )
 
     def __repr__(self) -> str:

@@ -37,7 +37,10 @@ def static_onnx(path: str | Path, batch_size: int, imgsz: tuple[int, int], workd
     model = onnx.load(str(path))
     inp = model.graph.input[0]
     dims = inp.type.tensor_type.shape.dim
-    want = [batch_size, dims[1].dim_value or 3, _dim(dims[2]) or imgsz[0], _dim(dims[3]) or imgsz[1]]
+    if _dim(dims[3]) == 3 and _dim(dims[1]) != 3:  # NHWC pixels (export --nhwc)
+        want = [batch_size, _dim(dims[1]) or imgsz[0], _dim(dims[2]) or imgsz[1], 3]
+    else:
+        want = [batch_size, dims[1].dim_value or 3, _dim(dims[2]) or imgsz[0], _dim(dims[3]) or imgsz[1]]
     info = {"input_name": inp.name, "elem_type": inp.type.tensor_type.elem_type,
             "orig_shape": [_dim(d) or d.dim_param for d in dims], "shape": want,
             "metadata": {p.key: p.value for p in model.metadata_props},
@@ -47,7 +50,7 @@ def static_onnx(path: str | Path, batch_size: int, imgsz: tuple[int, int], workd
     for d, v in zip(dims, want):
         d.ClearField("dim_param")
         d.dim_value = v
-    out = Path(workdir) / f"{Path(path).stem}_b{batch_size}_{want[2]}x{want[3]}.onnx"
+    out = Path(workdir) / f"{Path(path).stem}_b{batch_size}_{'x'.join(map(str, want[1:]))}.onnx"
     onnx.save(model, str(out))
     return str(out), info
 
@@ -68,7 +71,7 @@ class DeepSparseEngine(Engine):
         self.input_name = info["input_name"]
         self.input_dtype = np.dtype(ONNX_DTYPES.get(info["elem_type"], np.float32))
         self.input_shape = info["shape"]
-        self.imgsz = tuple(info["shape"][2:4])
+        self.imgsz = tuple(self.spatial(info["shape"]))
         self.fixed_batch = self.batch_size
         self.dynamic = False  # the compiled copy takes exactly one shape whatever the file allowed
         meta = interpret(info["metadata"], nc=nc_from_output_shape(info["output_shape"]))

@@ -70,7 +70,7 @@ class OnnxRuntimeEngine(Engine):
         self.input_shape = list(inp.shape)
         self.input_dtype = np.dtype(ORT_DTYPES.get(inp.type, np.float32))
         self.output_name = self.session.get_outputs()[0].name
-        spatial = self.input_shape[2:4]
+        spatial = self.spatial(self.input_shape)
         self.imgsz = tuple(spatial) if all(isinstance(d, int) and d > 0 for d in spatial) else None
         b = self.input_shape[0] if self.input_shape else None
         self.fixed_batch = b if isinstance(b, int) and b > 0 else None

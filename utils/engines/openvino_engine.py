@@ -72,7 +72,7 @@ class OpenVinoEngine(Engine):
         self.input_dtype = np.dtype(inp.get_element_type().to_dtype())
         pshape = inp.get_partial_shape()
         self.input_shape = [d.get_length() if d.is_static else "?" for d in pshape]
-        spatial = self.input_shape[2:4]
+        spatial = self.spatial(self.input_shape)
         self.imgsz = tuple(spatial) if all(isinstance(d, int) for d in spatial) else None
         self.fixed_batch = self.input_shape[0] if isinstance(self.input_shape[0], int) else None
         self.dynamic = self.imgsz is None  # any image size; batch flexibility is fixed_batch's business

@@ -20,6 +20,7 @@ from .head import HEADS, model_head, strip_decode
 from .int8 import INT8_FORMATS, calibration_images, export_convinteger, export_qdq
 from .metadata import checkpoint_recipe, export_metadata, model_sparsity
 from .openvino import export_openvino
+from .pixels import LAYOUT_KEY, NHWC_BGR, nhwc_input
 from .prepare import is_qat, prepare_model
 from .qat_qdq import export_qat_qdq
 from .qdq import DEFAULT_METHOD
@@ -71,7 +72,8 @@ def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), im
                    device: str = "cpu", verify: bool = True, log=print, verify_strict: bool = False,
                    prune: Callable[[nn.Module], str] | None = None, int8: bool = False, data: str | dict | None = None,
                    calib_images: int = 128, int8_format: str = "qdq", calib_method: str = DEFAULT_METHOD,
-                   verify_images: int = 8, uint8_input: bool = False, head: str = "decoded") -> dict[str, Any]:
+                   verify_images: int = 8, uint8_input: bool = False, head: str = "decoded",
+                   nhwc: bool = False) -> dict[str, Any]:
     """Checkpoint -> ONNX (+ INT8, + OpenVINO) next to it, with metadata, a sparsity check, a numeric check, sizes.
 
     prune: optional one-shot step on the loaded model (export.py's old --sparsity); it returns a tag for the file name
@@ -82,9 +84,12 @@ def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), im
     with no --int8, it is the only file written.
     uint8_input: the graph takes uint8 NCHW RGB pixels and divides by 255 itself (no float conversion in the caller).
     head: "raw" ends every ONNX file at Detect's convs; our engines decode only the cells that pass objectness.
+    nhwc: every ONNX file takes uint8 NHWC BGR frames (utils.export.pixels); the engine does layout and /255.
     """
     if head not in HEADS:
         raise ValueError(f"--head {head!r}: choose one of {', '.join(HEADS)}")
+    if nhwc and uint8_input:
+        raise ValueError("--nhwc already makes the graph take uint8 pixels (NHWC BGR): drop --uint8-input")
     job = _load(weights, imgsz, batch_size, dynamic, device, prune, int8, data, calib_images, int8_format,
                 verify_images, uint8_input, log)
     if "ultralytics" in include:
@@ -97,6 +102,8 @@ def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), im
         _write_int8(job, int8_format, calib_images, calib_method, data)
     if head == "raw":
         _strip_decode(job)
+    if nhwc:
+        _nhwc_input(job)
     if verify:
         _verify(job, verify_images, verify_strict)
     if "openvino" in include:
@@ -165,6 +172,15 @@ def _strip_decode(job: Export) -> None:
         job.log(f"export: {f.name} ends at Detect's convs (--head raw): the decode runs on the host, for the cells "
                 f"that pass objectness")
     job.meta.update(raw.metadata())
+
+
+def _nhwc_input(job: Export) -> None:
+    """--nhwc: every ONNX file takes letterboxed OpenCV frames (checked against PyTorch by _verify)."""
+    for f in job.onnx_files():
+        nhwc_input(f)
+        job.log(f"export: {f.name} takes uint8 NHWC BGR frames (--nhwc): layout, channel order and /255 run in the "
+                f"engine")
+    job.meta[LAYOUT_KEY] = NHWC_BGR
 
 
 def _verify(job: Export, verify_images: int, strict: bool) -> None:

@@ -1,0 +1,103 @@
+"""--nhwc: files take uint8 NHWC BGR frames; the host only letterboxes, detections stay those of the float file."""
+from __future__ import annotations
+
+import shutil
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import export
+from utils.augmentations import letterbox, letterbox_hwc, letterbox_shape
+from utils.engines import load_engine
+from utils.engines.metadata import read_onnx_metadata
+from utils.predict import Letterboxer, Predictor
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, yolov5n_pt):
+    """The official yolov5n at 320 with the raw head: float NCHW input (the default) and --nhwc."""
+    out = {}
+    for layout in ("nchw", "nhwc"):
+        d = tmp_path_factory.mktemp(layout)
+        shutil.copy(yolov5n_pt, d / "yolov5n.pt")
+        out[layout] = export.run(weights=str(d / "yolov5n.pt"), imgsz=[320], head="raw", nhwc=layout == "nhwc")[0]
+    return out
+
+
+def test_graph_takes_frames_and_absorbs_bgr_in_the_first_conv(files):
+    proto, ref = onnx.load(str(files["nhwc"])), onnx.load(str(files["nchw"]))
+    inp = proto.graph.input[0]
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_value for d in inp.type.tensor_type.shape.dim] == [1, 320, 320, 3]
+    assert [n.op_type for n in proto.graph.node[:3]] == ["Transpose", "Cast", "Mul"]
+    assert "Gather" not in {n.op_type for n in proto.graph.node[:4]}  # the flip went into the weights
+    assert read_onnx_metadata(files["nhwc"])["input_layout"] == "NHWC BGR"
+    first = next(n for n in ref.graph.node if n.op_type == "Conv").input[1]
+    w = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}[first]
+    w0 = {t.name: numpy_helper.to_array(t) for t in ref.graph.initializer}[first]
+    np.testing.assert_array_equal(w, w0[:, ::-1])
+
+
+def test_letterbox_hwc_equals_letterbox(bus_jpg, assets):
+    for im in (cv2.imread(str(bus_jpg)), cv2.imread(str(assets / "images" / "zidane.jpg"))):
+        for shape, auto in (((320, 320), False), ((640, 640), True), ((256, 416), False)):
+            out = np.empty((*letterbox_shape(im.shape[:2], shape, auto), 3), np.uint8)
+            ratio, pad = letterbox_hwc(im, out, shape, auto=auto)
+            ref, r0, p0 = letterbox(im, shape, auto=auto)
+            np.testing.assert_array_equal(out, ref)
+            assert (ratio, pad) == (r0, p0)
+
+
+def test_engine_gets_frames_and_gives_the_same_detections(files, bus_jpg, assets):
+    """ONNX Runtime: the predictor feeds letterboxed frames; boxes equal the float file's on both sample images."""
+    preds = {k: Predictor(load_engine(f), (320, 320), 0.25, 0.45) for k, f in files.items()}
+    eng = preds["nhwc"].engine
+    assert eng.input_layout == "NHWC BGR" and eng.input_dtype == np.uint8 and eng.imgsz == (320, 320)
+    for im in (cv2.imread(str(bus_jpg)), cv2.imread(str(assets / "images" / "zidane.jpg"))):
+        x, _ = preds["nhwc"].preprocess([im])
+        assert x.shape == (1, 320, 320, 3) and x.dtype == np.uint8
+        a, b = preds["nchw"]([im])[0], preds["nhwc"]([im])[0]
+        assert a.shape == b.shape and len(a) > 0
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-3)
+
+
+def test_nchw_float_batches_still_work(files, bus_jpg):
+    """val and export's checks feed NCHW RGB floats: the engine reorders them itself."""
+    lb = Letterboxer()
+    x, _ = lb([cv2.imread(str(bus_jpg))], (320, 320), False, 32)
+    a, b = (load_engine(f)(x) for f in (files["nchw"], files["nhwc"]))
+    for m, n in zip(a.maps, b.maps):
+        np.testing.assert_allclose(n, m, rtol=0, atol=1e-4)
+
+
+def test_int8_and_batch_files_take_frames(tmp_path, yolov5n_pt, bus_jpg):
+    """Post-training QDQ gets the same rewrite (the flip lands in its int8 weights) and a batch-2 file chunks."""
+    shutil.copy(yolov5n_pt, tmp_path / "yolov5n.pt")
+    res = export.export_weights(tmp_path / "yolov5n.pt", imgsz=160, batch_size=2, int8=True,
+                                data="data/coco128-local.yaml", calib_images=4, verify_images=2, nhwc=True)
+    assert res["verify_all"]["yolov5n_int8.onnx"]["agrees"]
+    im = cv2.imread(str(bus_jpg))
+    for f in res["files"]:
+        eng = load_engine(f)
+        assert eng.input_layout == "NHWC BGR" and eng.fixed_batch == 2
+        dets = Predictor(eng, (160, 160), 0.25, 0.45)([im, im, im])
+        assert len(dets) == 3 and len(dets[0]) > 0 and np.array_equal(dets[0], dets[2])
+
+
+def test_nhwc_with_uint8_input_is_one_line(yolov5n_pt, tmp_path):
+    shutil.copy(yolov5n_pt, tmp_path / "yolov5n.pt")
+    with pytest.raises(ValueError, match="drop --uint8-input"):
+        export.export_weights(tmp_path / "yolov5n.pt", imgsz=160, uint8_input=True, nhwc=True)
+
+
+@pytest.mark.native_engines
+@pytest.mark.parametrize("engine", ["openvino", "deepsparse"])
+def test_frames_on_native_engines(files, bus_jpg, engine):
+    preds = {k: Predictor(load_engine(f, engine, num_threads=1), (320, 320), 0.25, 0.45) for k, f in files.items()}
+    im = cv2.imread(str(bus_jpg))
+    a, b = preds["nchw"]([im])[0], preds["nhwc"]([im])[0]
+    assert preds["nhwc"].engine.input_layout == "NHWC BGR" and a.shape == b.shape and len(a) > 0
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-3)

@@ -1,0 +1,92 @@
+"""`--nhwc`: the exported graph takes uint8 NHWC BGR frames, as cv2.imread and video capture give them.
+
+The host then only resizes into the letterbox canvas: the layout change (HWC -> CHW), the channel order and the
+/255 scaling happen inside the engine, which does them in its first layer's pass over the input instead of three
+extra passes in numpy. Works on every form we write (float, QDQ, ConvInteger; decoded or raw head) by rewriting the
+file's input: uint8 (B, H, W, 3) -> Transpose -> Cast -> Mul(float32(1/255)), the very floats the host computed
+before. BGR -> RGB costs nothing: the first conv's weights swap their input channels (exact: a permutation).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from utils.atomic import atomic_path
+
+from .trace import write_metadata
+
+LAYOUT_KEY, NHWC_BGR = "input_layout", "NHWC BGR"  # metadata: how the engine's input is laid out
+PASS_THROUGH = ("QuantizeLinear", "DequantizeLinear", "Cast", "Mul")  # ops between the input and the first conv
+WEIGHT_INPUT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
+
+
+def nhwc_input(file: Path) -> Path:
+    """Rewrite an exported ONNX file in place (atomically) to take uint8 NHWC BGR pixels."""
+    proto = onnx.load(str(file))
+    graph = proto.graph
+    inp = graph.input[0]
+    if inp.type.tensor_type.elem_type != TensorProto.FLOAT or len(inp.type.tensor_type.shape.dim) != 4:
+        raise ValueError(f"{file}: --nhwc needs a float NCHW image input; export it without --uint8-input")
+    name, dims = inp.name, [_dim(d) for d in inp.type.tensor_type.shape.dim]
+    floats = f"{name}_rgb_float"
+    for n in graph.node:
+        n.input[:] = [floats if x == name else x for x in n.input]
+    swapped = _swap_first_conv_channels(graph, floats)
+    nodes = [helper.make_node("Transpose", [name], [f"{name}_nchw"], perm=[0, 3, 1, 2]),
+             helper.make_node("Cast", [f"{name}_nchw"], [f"{name}_float"], to=TensorProto.FLOAT)]
+    scaled = f"{name}_scaled" if not swapped else floats
+    graph.initializer.append(numpy_helper.from_array(np.array(1 / 255.0, np.float32), f"{name}_inv255"))
+    nodes.append(helper.make_node("Mul", [f"{name}_float", f"{name}_inv255"], [scaled]))
+    if not swapped:  # no conv to absorb the channel order: reverse the channels in the graph (one extra pass)
+        graph.initializer.append(numpy_helper.from_array(np.array([2, 1, 0], np.int64), f"{name}_bgr"))
+        nodes.append(helper.make_node("Gather", [scaled, f"{name}_bgr"], [floats], axis=1))
+    for i, node in enumerate(nodes):
+        graph.node.insert(i, node)
+    del graph.input[0]
+    graph.input.insert(0, helper.make_tensor_value_info(name, TensorProto.UINT8, [dims[0], dims[2], dims[3], 3]))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    write_metadata(proto, {**meta, LAYOUT_KEY: NHWC_BGR})
+    onnx.checker.check_model(proto)
+    with atomic_path(file, what="export") as tmp:
+        onnx.save(proto, str(tmp))
+    return file
+
+
+def _dim(d: onnx.TensorShapeProto.Dimension) -> int | str:
+    return d.dim_param if d.dim_param else d.dim_value
+
+
+def _swap_first_conv_channels(graph: onnx.GraphProto, src: str) -> bool:
+    """Reverse the input channels of the one conv `src` reaches (through Q/DQ/Cast/Mul only); False if none does."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for x in n.input:
+            consumers.setdefault(x, []).append(n)
+    tensor = src
+    while len(consumers.get(tensor, [])) == 1:
+        node = consumers[tensor][0]
+        if node.op_type in WEIGHT_INPUT and node.input[0] == tensor:
+            return _swap_weight(graph, node.input[WEIGHT_INPUT[node.op_type]])
+        if node.op_type not in PASS_THROUGH or node.input[0] != tensor:
+            return False
+        tensor = node.output[0]
+    return False
+
+
+def _swap_weight(graph: onnx.GraphProto, weight: str) -> bool:
+    """Flip axis 1 of the (O, 3, kh, kw) initializer behind `weight`, through a DequantizeLinear if there is one."""
+    producers = {o: n for n in graph.node for o in n.output}
+    node = producers.get(weight)
+    if node is not None and node.op_type == "DequantizeLinear":
+        weight = node.input[0]
+    inits = {t.name: t for t in graph.initializer}
+    if weight not in inits or sum(weight in n.input for n in graph.node) != 1:
+        return False
+    w = numpy_helper.to_array(inits[weight])
+    if w.ndim != 4 or w.shape[1] != 3:
+        return False
+    inits[weight].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w[:, ::-1]), weight))
+    return True
