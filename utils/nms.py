@@ -96,12 +96,6 @@ def _candidates(prediction: torch.Tensor | RawPrediction, conf_thres: float, mul
     return x, img[src]
 
 
-def _by_image_then_score(conf: torch.Tensor, img: torch.Tensor) -> torch.Tensor:
-    """Order grouping rows by image, best score first inside each; ties keep row order (reproducible)."""
-    order = conf.argsort(descending=True, stable=True)
-    return order[img[order].argsort(stable=True)]
-
-
 def _starts(groups: np.ndarray) -> np.ndarray:
     """Positions where a new value begins in a grouped (sorted) array."""
     if not len(groups):
@@ -221,16 +215,23 @@ def non_max_suppression(
         prediction = prediction[0]
     bs, nc = prediction.shape[0], prediction.shape[2] - 5
     x, img = _candidates(prediction, conf_thres, multi_label and nc > 1, labels)
+    dets = _select(x.detach().cpu().numpy(), img.cpu().numpy(), bs, nc, iou_thres, classes, agnostic, max_det)
+    return [torch.from_numpy(d).to(x.device) for d in dets]
+
+
+def _select(x: np.ndarray, img: np.ndarray, bs: int, nc: int, iou_thres: float, classes: Sequence[int] | None,
+            agnostic: bool, max_det: int) -> list[np.ndarray]:
+    """Scored rows -> per-image detections, in numpy on the calling thread (see _score_numpy: torch's intra-op
+    threads made the ~20k rows of a batch of 64 wait for cores the engine holds)."""
     if classes is not None:
-        sel = (x[:, 5:6] == torch.tensor(classes, dtype=x.dtype, device=x.device)).any(1)
+        sel = np.isin(x[:, 5], np.asarray(classes, dtype=x.dtype))
         x, img = x[sel], img[sel]
-    order = _by_image_then_score(x[:, 4], img)
-    np_img = img[order].cpu().numpy()
-    capped = _rank_in_group(np_img) < MAX_NMS
-    x, np_img = x[order[torch.from_numpy(capped).to(order.device)]], np_img[capped]
-    groups = np_img if agnostic else np_img * (nc + 1) + x[:, 5].long().cpu().numpy()
-    keep = _greedy(x[:, :4].detach().cpu().numpy(), groups, iou_thres, np_img, max_det)
-    kept_img = np_img[keep]
-    x = x[torch.from_numpy(keep).to(x.device)]
-    counts = np.bincount(kept_img, minlength=bs)
-    return [d[:max_det] for d in torch.split(x, counts.tolist())]
+    order = np.lexsort((-x[:, 4], img))  # by image, best score first inside each; ties keep row order
+    x, img = x[order], img[order]
+    capped = _rank_in_group(img) < MAX_NMS
+    if not capped.all():
+        x, img = x[capped], img[capped]
+    groups = img if agnostic else img * (nc + 1) + x[:, 5].astype(np.int64)
+    keep = _greedy(x[:, :4], groups, iou_thres, img, max_det)
+    counts = np.bincount(img[keep], minlength=bs)
+    return [d[:max_det] for d in np.split(x[keep], np.cumsum(counts)[:-1])]
