@@ -79,6 +79,8 @@ def test_int8_and_batch_files_take_frames(tmp_path, yolov5n_pt, bus_jpg):
     res = export.export_weights(tmp_path / "yolov5n.pt", imgsz=160, batch_size=2, int8=True,
                                 data="data/coco128-local.yaml", calib_images=4, verify_images=2, nhwc=True)
     assert res["verify_all"]["yolov5n_int8.onnx"]["agrees"]
+    int8 = onnx.load(str(res["files"][1]))
+    assert [n.op_type for n in int8.graph.node[:2]] == ["Transpose", "DequantizeLinear"]  # pixels = quantized input
     im = cv2.imread(str(bus_jpg))
     for f in res["files"]:
         eng = load_engine(f)
@@ -93,6 +95,29 @@ def test_nhwc_with_uint8_input_is_one_line(yolov5n_pt, tmp_path):
         export.export_weights(tmp_path / "yolov5n.pt", imgsz=160, uint8_input=True, nhwc=True)
 
 
+def _int8_pair(tmp_path, yolov5n_pt, fmt: str) -> dict:
+    """The same post-training INT8 file at 160, raw head, with float NCHW input and with --nhwc."""
+    out = {}
+    for layout in ("nchw", "nhwc"):
+        (tmp_path / layout).mkdir()
+        shutil.copy(yolov5n_pt, tmp_path / layout / "yolov5n.pt")
+        out[layout] = export.export_weights(tmp_path / layout / "yolov5n.pt", imgsz=160, int8=True, int8_format=fmt,
+                                            data="data/coco128-local.yaml", calib_images=4, verify=False,
+                                            head="raw", nhwc=layout == "nhwc")["files"][1]
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "convinteger"])
+def test_int8_frames_are_bit_identical(tmp_path, yolov5n_pt, bus_jpg, fmt):
+    """Both INT8 forms: uint8 pixels replace the input's quantizer (scale 1/255, zero point 0) with no change at all."""
+    out = _int8_pair(tmp_path, yolov5n_pt, fmt)
+    assert "QuantizeLinear" != onnx.load(str(out["nhwc"])).graph.node[1].op_type
+    x, _ = Letterboxer()([cv2.imread(str(bus_jpg))], (160, 160), False, 32)
+    a, b = (load_engine(f)(x) for f in (out["nchw"], out["nhwc"]))
+    for m, n in zip(a.maps, b.maps):
+        np.testing.assert_array_equal(n, m)
+
+
 @pytest.mark.native_engines
 @pytest.mark.parametrize("engine", ["openvino", "deepsparse"])
 def test_frames_on_native_engines(files, bus_jpg, engine):
@@ -100,4 +125,15 @@ def test_frames_on_native_engines(files, bus_jpg, engine):
     im = cv2.imread(str(bus_jpg))
     a, b = preds["nchw"]([im])[0], preds["nhwc"]([im])[0]
     assert preds["nhwc"].engine.input_layout == "NHWC BGR" and a.shape == b.shape and len(a) > 0
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-3)
+
+
+@pytest.mark.native_engines
+def test_convinteger_frames_on_deepsparse(tmp_path, yolov5n_pt, bus_jpg):
+    """DeepSparse's INT8 form with --nhwc: the same detections as with float input."""
+    files = _int8_pair(tmp_path, yolov5n_pt, "convinteger")
+    im = cv2.imread(str(bus_jpg))
+    a, b = (Predictor(load_engine(f, "deepsparse", num_threads=1), (160, 160), 0.25, 0.45)([im])[0]
+            for f in (files["nchw"], files["nhwc"]))
+    assert a.shape == b.shape and len(a) > 0
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-3)

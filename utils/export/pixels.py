@@ -4,7 +4,9 @@ The host then only resizes into the letterbox canvas: the layout change (HWC -> 
 /255 scaling happen inside the engine, which does them in its first layer's pass over the input instead of three
 extra passes in numpy. Works on every form we write (float, QDQ, ConvInteger; decoded or raw head) by rewriting the
 file's input: uint8 (B, H, W, 3) -> Transpose -> Cast -> Mul(float32(1/255)), the very floats the host computed
-before. BGR -> RGB costs nothing: the first conv's weights swap their input channels (exact: a permutation).
+before. INT8 files quantize the input with scale 1/255 and zero point 0, which gives back the pixels themselves:
+there the Transpose feeds the first quantized conv directly (bit-identical, no float pass at all). BGR -> RGB costs
+nothing: the first conv's weights swap their input channels (exact: a permutation).
 """
 from __future__ import annotations
 
@@ -35,14 +37,20 @@ def nhwc_input(file: Path) -> Path:
     for n in graph.node:
         n.input[:] = [floats if x == name else x for x in n.input]
     swapped = _swap_first_conv_channels(graph, floats)
-    nodes = [helper.make_node("Transpose", [name], [f"{name}_nchw"], perm=[0, 3, 1, 2]),
-             helper.make_node("Cast", [f"{name}_nchw"], [f"{name}_float"], to=TensorProto.FLOAT)]
-    scaled = f"{name}_scaled" if not swapped else floats
-    graph.initializer.append(numpy_helper.from_array(np.array(1 / 255.0, np.float32), f"{name}_inv255"))
-    nodes.append(helper.make_node("Mul", [f"{name}_float", f"{name}_inv255"], [scaled]))
+    quantizer = _pixel_quantizer(graph, floats)
+    nodes, src = [], name
     if not swapped:  # no conv to absorb the channel order: reverse the channels in the graph (one extra pass)
         graph.initializer.append(numpy_helper.from_array(np.array([2, 1, 0], np.int64), f"{name}_bgr"))
-        nodes.append(helper.make_node("Gather", [scaled, f"{name}_bgr"], [floats], axis=1))
+        nodes.append(helper.make_node("Gather", [name, f"{name}_bgr"], [f"{name}_rgb"], axis=3))
+        src = f"{name}_rgb"
+    if quantizer is not None:  # INT8: the pixels are the quantized input already, bit for bit
+        nodes.append(helper.make_node("Transpose", [src], [quantizer.output[0]], perm=[0, 3, 1, 2]))
+        graph.node.remove(quantizer)
+    else:
+        graph.initializer.append(numpy_helper.from_array(np.array(1 / 255.0, np.float32), f"{name}_inv255"))
+        nodes += [helper.make_node("Transpose", [src], [f"{name}_nchw"], perm=[0, 3, 1, 2]),
+                  helper.make_node("Cast", [f"{name}_nchw"], [f"{name}_float"], to=TensorProto.FLOAT),
+                  helper.make_node("Mul", [f"{name}_float", f"{name}_inv255"], [floats])]
     for i, node in enumerate(nodes):
         graph.node.insert(i, node)
     del graph.input[0]
@@ -53,6 +61,21 @@ def nhwc_input(file: Path) -> Path:
     with atomic_path(file, what="export") as tmp:
         onnx.save(proto, str(tmp))
     return file
+
+
+def _pixel_quantizer(graph: onnx.GraphProto, src: str) -> onnx.NodeProto | None:
+    """The QuantizeLinear that alone reads the float pixels with scale float32(1/255) and uint8 zero point 0, if any:
+    it maps p / 255 back to p exactly, so uint8 pixels can take its place (no Cast, Mul or quantize pass)."""
+    users = [n for n in graph.node if src in n.input]
+    if len(users) != 1 or users[0].op_type != "QuantizeLinear" or len(users[0].input) < 3:
+        return None
+    inits = {t.name: t for t in graph.initializer}
+    q = users[0]
+    if q.input[1] not in inits or q.input[2] not in inits:
+        return None
+    scale, zero = numpy_helper.to_array(inits[q.input[1]]), numpy_helper.to_array(inits[q.input[2]])
+    ok = scale.size == 1 and scale.item() == np.float32(1 / 255.0) and zero.dtype == np.uint8 and zero.item() == 0
+    return q if ok else None
 
 
 def _dim(d: onnx.TensorShapeProto.Dimension) -> int | str:
