@@ -5,7 +5,7 @@ from pathlib import Path
 
 from tests.conftest import ROOT
 from tests.test_val import coco128_yaml
-from tools import channel_allocations, head_stem, ort_spinning, time_oneshot
+from tools import channel_allocations, head_stem, input_layout, ort_spinning, time_oneshot
 
 YOLOV5N = str(ROOT / "models/yolov5n.yaml")
 TIMES = ("e2e_ms", "pre_ms", "engine_ms", "post_ms")
@@ -83,3 +83,15 @@ def test_head_stem_raw_head_and_space_to_depth_keep_outputs(tmp_path: Path, yolo
     assert_times(r["head"]["decoded"])
     assert_times(r["head"]["raw"])
     assert r["stem_ms"]["raw"] > 0 and (tmp_path / "results.json").is_file()
+
+
+def test_input_layout_times_three_layouts_with_the_same_detections(tmp_path: Path, yolov5n_pt: Path) -> None:
+    """decoded, raw and raw + NHWC frames of a trained model and its INT8 twin agree (timings are the tool's job)."""
+    rows = input_layout.run(weights=[str(yolov5n_pt)], quantize=True, imgsz=128, runs=2, warmup=1, threads=1,
+                            save_dir=str(tmp_path))
+    assert [r["variant"] for r in rows] == ["yolov5n dense FP32", "yolov5n dense INT8"]
+    for r in rows:
+        assert all(r["same_detections"].values()), r["same_detections"]
+        for layout in input_layout.LAYOUTS:
+            assert_times(r["times"][layout])
+    assert (tmp_path / "results.json").is_file()
