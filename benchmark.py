@@ -40,6 +40,7 @@ from utils.benchmark.suite import Settings, run_grid  # noqa: E402
 from utils.cli import check_options, exit_on_user_error  # noqa: E402
 from utils.export import DEFAULT_OPSET  # noqa: E402
 from utils.export.head import HEADS  # noqa: E402
+from utils.export.pixels import pixel_layout  # noqa: E402
 from utils.files import increment_path  # noqa: E402
 from utils.logger import LOGGER, setup_logging  # noqa: E402
 
@@ -53,13 +54,14 @@ def run(weights: list[str] | None = None, cfg: str | None = None, engines: list[
         openvino_precision: str = "f32", opset: int = DEFAULT_OPSET, device: str = "cpu",
         project: str = "runs/benchmark", name: str = "exp", exist_ok: bool = False,
         channel_prune: list[float] | None = None, channel_allocation: str = "uniform", data: str | None = None,
-        workers: int = 2, allow_download_code: bool = False, head: str = "raw", nhwc: bool = False) -> dict[str, Any]:
+        workers: int = 2, allow_download_code: bool = False, head: str = "raw", uint8_input: bool = False,
+        nhwc: bool = False) -> dict[str, Any]:
     """Time every (batch size, variant, engine, scenario); returns the report dict (also saved as results.json)."""
     check_options(threads=num_cores)
     engines, scenario = validate(engines or list(ENGINES), batch_size, sparsity, scenario, warmup, iterations, time_s)
     hw = check_img_size([imgsz[0], imgsz[-1]] if isinstance(imgsz, (list, tuple)) else [imgsz, imgsz], s=32)
     settings = Settings(tuple(hw), warmup, iterations, time_s, num_cores, num_streams, conf_thres, iou_thres,
-                        max_det, openvino_precision, device, head, nhwc)
+                        max_det, openvino_precision, device, head, pixel_layout(uint8_input, nhwc))
     machine = machine_report(num_cores)
     LOGGER.info(format_machine(machine))
     LOGGER.info(method_text(settings, scenario))
@@ -69,7 +71,7 @@ def run(weights: list[str] | None = None, cfg: str | None = None, engines: list[
     if channel_prune and any(not 0 < f < 1 for f in channel_prune):
         raise ValueError(f"--channel-prune {channel_prune}: fractions of conv FLOPs to remove, each in (0, 1)")
     variants, notes = build_variants(weights, cfg, sparsity, method, block, quantize, opset, max(settings.imgsz),
-                                     channel_prune, channel_allocation, probe, head, nhwc)
+                                     channel_prune, channel_allocation, probe, head, settings.pixels)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)  # only once the inputs are good
     inputs = "random noise" if random else f"{len(images)} images from {source}"
     LOGGER.info(f"Variants: {', '.join(v.name for v in variants)}; engines: {', '.join(engines)}; "
@@ -109,7 +111,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--head", choices=HEADS, default="raw",
                    help="files built here: raw = end at Detect's convs, the host decodes only cells that pass "
                    "objectness (faster); decoded = Detect's decode inside the graph, as export.py writes by default")
-    p.add_argument("--nhwc", action=argparse.BooleanOptionalAction, default=False,
+    p.add_argument("--uint8-input", action="store_true",
+                   help="files built here take uint8 NCHW RGB pixels (export.py --uint8-input)")
+    p.add_argument("--nhwc", action="store_true",
                    help="files built here take uint8 NHWC BGR frames (export.py --nhwc): the host only letterboxes, "
                    "the engine does layout and /255")
     p.add_argument("--source", type=str, default=None, help="image file/folder (default: shared demo images)")

@@ -65,7 +65,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                         help="let a dataset yaml's Python 'download:' snippet run when its images are missing")
     parser.add_argument("--uint8-input", action="store_true",
                         help="the graph takes uint8 NCHW RGB pixels and does the /255 itself (engines are fed bytes, "
-                        "pre-processing skips the float conversion); float exports only")
+                        "pre-processing skips the float conversion; INT8 files: the pixels are their quantized input)")
     parser.add_argument("--nhwc", action="store_true",
                         help="the graph takes uint8 NHWC BGR frames as OpenCV reads them: layout change, channel "
                         "order and /255 run inside the engine, the host only letterboxes (any format, --int8 too)")
@@ -94,7 +94,7 @@ def run(weights: str = "yolov5n.pt", imgsz: list[int] | int = (640,), batch_size
         raise SystemExit(f"export: weights file {weights} not found; pass --weights path/to/model.pt")
     sizes = [imgsz] if isinstance(imgsz, int) else list(imgsz)
     hw = (sizes[0], sizes[-1])
-    check_int8_options(int8, data, int8_format, dynamic, uint8_input)
+    check_int8_options(int8, data, int8_format, dynamic)
     data_dict = check_dataset(data, allow_code=allow_download_code) if data else None
     return export_weights(weights, include, hw, batch_size, dynamic, opset, simplify, device, prune=prune,
                           verify_strict=verify_strict, int8=int8, data=data_dict, calib_images=calib_images,

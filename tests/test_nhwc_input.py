@@ -96,26 +96,31 @@ def test_nhwc_with_uint8_input_is_one_line(yolov5n_pt, tmp_path):
 
 
 def _int8_pair(tmp_path, yolov5n_pt, fmt: str) -> dict:
-    """The same post-training INT8 file at 160, raw head, with float NCHW input and with --nhwc."""
+    """The same post-training INT8 file at 160, raw head: float NCHW input, --uint8-input and --nhwc."""
     out = {}
-    for layout in ("nchw", "nhwc"):
+    for layout in ("nchw", "uint8", "nhwc"):
         (tmp_path / layout).mkdir()
         shutil.copy(yolov5n_pt, tmp_path / layout / "yolov5n.pt")
         out[layout] = export.export_weights(tmp_path / layout / "yolov5n.pt", imgsz=160, int8=True, int8_format=fmt,
                                             data="data/coco128-local.yaml", calib_images=4, verify=False,
-                                            head="raw", nhwc=layout == "nhwc")["files"][1]
+                                            head="raw", uint8_input=layout == "uint8",
+                                            nhwc=layout == "nhwc")["files"][1]
     return out
 
 
 @pytest.mark.parametrize("fmt", ["qdq", "convinteger"])
 def test_int8_frames_are_bit_identical(tmp_path, yolov5n_pt, bus_jpg, fmt):
-    """Both INT8 forms: uint8 pixels replace the input's quantizer (scale 1/255, zero point 0) with no change at all."""
+    """Both INT8 forms, both pixel layouts: uint8 pixels replace the input's quantizer (scale 1/255, zero point 0)
+    with no change at all."""
     out = _int8_pair(tmp_path, yolov5n_pt, fmt)
-    assert "QuantizeLinear" != onnx.load(str(out["nhwc"])).graph.node[1].op_type
+    for layout in ("uint8", "nhwc"):
+        assert "QuantizeLinear" not in [n.op_type for n in onnx.load(str(out[layout])).graph.node[:2]]
     x, _ = Letterboxer()([cv2.imread(str(bus_jpg))], (160, 160), False, 32)
-    a, b = (load_engine(f)(x) for f in (out["nchw"], out["nhwc"]))
-    for m, n in zip(a.maps, b.maps):
+    a, b, c = (load_engine(out[k])(x) for k in ("nchw", "uint8", "nhwc"))
+    assert load_engine(out["uint8"]).input_dtype == np.uint8
+    for m, n, o in zip(a.maps, b.maps, c.maps):
         np.testing.assert_array_equal(n, m)
+        np.testing.assert_array_equal(o, m)
 
 
 @pytest.mark.native_engines
@@ -129,11 +134,12 @@ def test_frames_on_native_engines(files, bus_jpg, engine):
 
 
 @pytest.mark.native_engines
-def test_convinteger_frames_on_deepsparse(tmp_path, yolov5n_pt, bus_jpg):
-    """DeepSparse's INT8 form with --nhwc: the same detections as with float input."""
+def test_convinteger_pixels_on_deepsparse(tmp_path, yolov5n_pt, bus_jpg):
+    """DeepSparse's INT8 form with --uint8-input and --nhwc: the same detections as with float input."""
     files = _int8_pair(tmp_path, yolov5n_pt, "convinteger")
     im = cv2.imread(str(bus_jpg))
-    a, b = (Predictor(load_engine(f, "deepsparse", num_threads=1), (160, 160), 0.25, 0.45)([im])[0]
-            for f in (files["nchw"], files["nhwc"]))
-    assert a.shape == b.shape and len(a) > 0
+    a, b, c = (Predictor(load_engine(f, "deepsparse", num_threads=1), (160, 160), 0.25, 0.45)([im])[0]
+               for f in files.values())
+    assert a.shape == b.shape == c.shape and len(a) > 0
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(c, a, rtol=0, atol=1e-3)

@@ -1,10 +1,11 @@
 """How the exported file's ends change end-to-end time (issue 21), interleaved call by call on every engine.
 
-Three layouts of the same variant, built as benchmark.py builds it, each through the benchmark's own pipeline
+Four layouts of the same variant, built as benchmark.py builds it, each through the benchmark's own pipeline
 (pre -> engine -> post), called in turn so machine noise hits all alike:
   decoded     : export.py's default: float NCHW RGB input, Detect's decode in the graph;
   raw         : `--head raw`: the file ends at Detect's convs, the host decodes only cells that pass objectness;
-  raw_nhwc    : `--head raw --nhwc`: also uint8 NHWC BGR frames in (INT8 files: the pixels are the quantized input).
+  raw_u8      : `--head raw --uint8-input`: also uint8 NCHW RGB pixels in (INT8: the pixels are the quantized input);
+  raw_nhwc    : `--head raw --nhwc`: uint8 NHWC BGR frames in instead, the host only letterboxes.
 Every layout's detections are checked against `decoded` on the sample images before timing.
 
 Usage:
@@ -33,14 +34,16 @@ from utils.benchmark.machine import ForeignLoadMeter  # noqa: E402
 from utils.benchmark.pipeline import Pipeline, fill_batch, load_images  # noqa: E402
 from utils.benchmark.variants import Variant  # noqa: E402
 from utils.engines import load_engine  # noqa: E402
+from utils.export.pixels import NCHW_RGB, NHWC_BGR  # noqa: E402
 
-LAYOUTS = {"decoded": ("decoded", False), "raw": ("raw", False), "raw_nhwc": ("raw", True)}
+LAYOUTS = {"decoded": ("decoded", None), "raw": ("raw", None), "raw_u8": ("raw", NCHW_RGB),
+           "raw_nhwc": ("raw", NHWC_BGR)}
 
 
-def layout_copy(v: Variant, head: str, nhwc: bool) -> Variant:
+def layout_copy(v: Variant, head: str, pixels: str | None) -> Variant:
     """The same in-memory model, exporting its files with another head/input layout (own file cache)."""
     c = copy.copy(v)
-    c.head, c.nhwc, c._files = head, nhwc, {}
+    c.head, c.pixels, c._files = head, pixels, {}
     return c
 
 
@@ -56,10 +59,10 @@ def same_detections(pipes: dict[str, Pipeline], images: list[np.ndarray]) -> dic
 
 def measure(v: Variant, engine: str, batch_size: int, images: list[np.ndarray], imgsz: int, runs: int,
             warmup: int, threads: int | None, workdir: Path) -> dict:
-    """One variant on one engine at one batch size: the three layouts timed interleaved."""
+    """One variant on one engine at one batch size: the layouts timed interleaved."""
     pipes = {}
-    for name, (head, nhwc) in LAYOUTS.items():
-        f = layout_copy(v, head, nhwc).weights_for(engine, batch_size, (imgsz, imgsz), workdir / name)
+    for name, (head, pixels) in LAYOUTS.items():
+        f = layout_copy(v, head, pixels).weights_for(engine, batch_size, (imgsz, imgsz), workdir / name)
         pipes[name] = Pipeline(load_engine(f, engine, batch_size=batch_size, imgsz=imgsz, num_threads=threads),
                                (imgsz, imgsz))
     same = same_detections(pipes, images)

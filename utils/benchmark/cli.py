@@ -72,7 +72,7 @@ def build_variants(weights: list[str] | None, cfg: str | None, sparsity: list[fl
                    block: list[str], quantize: bool, opset: int, imgsz: int = 640,
                    channel_prune: list[float] | None = None, channel_allocation: str = "uniform",
                    probe: AccuracyProbe | None = None, head: str = "decoded",
-                   nhwc: bool = False) -> tuple[list[Variant], list[str]]:
+                   pixels: str | None = None) -> tuple[list[Variant], list[str]]:
     """Dense/pruned FP32 copies of each base model (and of its channel-pruned copies), user files as given, INT8
     twins when an exporter exists (calibrated on --data train images when given)."""
     calib_size = imgsz  # built models get their detection head calibrated at the benchmark's size
@@ -97,7 +97,7 @@ def build_variants(weights: list[str] | None, cfg: str | None, sparsity: list[fl
             variants += int8_variants(variants, exporter)
     unique_names(variants)
     for v in variants:
-        v.head, v.nhwc = head, nhwc
+        v.head, v.pixels = head, pixels
     if any(b > 1 for b in blocks) and not bases:
         notes.append("--block applies to models pruned here (--cfg, or .pt with --sparsity); files are timed as given")
     return variants, notes
@@ -120,8 +120,8 @@ def method_text(s: Settings, scenarios: list[str]) -> str:
     return "\n".join([
         "Method: end to end per batch; each stage timed separately (perf_counter), plus their total:",
         f"  pre-process : letterbox every image to {h}x{w} (no rect shrink), "
-        + ("uint8 NHWC BGR (--nhwc: files built here do layout and /255 in the graph; given files as they take)"
-           if s.nhwc else "BGR->RGB, HWC->CHW, /255 float32"),
+        + (f"uint8 {s.pixels} (files built here take pixels: the graph does the rest; given files as they take)"
+           if s.pixels else "BGR->RGB, HWC->CHW, /255 float32"),
         "  engine      : one engine call on the whole batch (static engines compiled for this batch size)",
         f"  post-process: NMS (conf {s.conf_thres}, IoU {s.iou_thres}) + rescale boxes to each original image",
         "  Detect's decode: " + ("on the host, only for cells whose objectness passes conf (--head raw: the ONNX files "

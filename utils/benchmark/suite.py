@@ -36,7 +36,7 @@ class Settings:
     openvino_precision: str = "f32"
     device: str = "cpu"
     head: str = "raw"
-    nhwc: bool = False
+    pixels: str | None = None  # None: float NCHW input; "NCHW RGB" / "NHWC BGR": uint8 pixels (utils.export.pixels)
 
 
 def open_engine(weights: Any, engine: str, batch_size: int, scenario: str, s: Settings, cores: int) -> Engine:

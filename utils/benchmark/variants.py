@@ -24,7 +24,7 @@ from utils.export import (
     prepare_model,
 )
 from utils.export.head import model_head, strip_decode
-from utils.export.pixels import nhwc_input
+from utils.export.pixels import pixel_input
 from utils.export.int8 import int8_format_for, qat_int8_exporter, sample_int8_exporter
 from utils.export.prepare import is_qat
 from models.yolo import DetectionModel
@@ -81,7 +81,7 @@ class Variant:
     exporter: Int8Exporter | None = None
     source: str = ""
     head: str = "decoded"  # "raw": files built here end at Detect's convs; the host decodes survivors (--head raw)
-    nhwc: bool = False  # files built here take uint8 NHWC BGR frames (--nhwc)
+    pixels: str | None = None  # files built here take uint8 pixels in this layout (--uint8-input, --nhwc)
     _files: dict[tuple[int, str], Path] = field(default_factory=dict, repr=False)
     _torch: nn.Module | None = field(default=None, repr=False)
 
@@ -109,7 +109,7 @@ class Variant:
             # a copy: an INT8 exporter may insert fake-quant modules; the FP32 twin must not change
             out = Path(self.exporter(copy.deepcopy(self.model), file, imgsz, batch_size, fmt))
             out = strip_decode(out, model_head(self.model)) if self.head == "raw" else out
-            self._files[batch_size, fmt] = nhwc_input(out) if self.nhwc else out
+            self._files[batch_size, fmt] = pixel_input(out, self.pixels) if self.pixels else out
         return self._files[batch_size, fmt]
 
 

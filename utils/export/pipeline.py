@@ -20,7 +20,7 @@ from .head import HEADS, model_head, strip_decode
 from .int8 import INT8_FORMATS, calibration_images, export_convinteger, export_qdq
 from .metadata import checkpoint_recipe, export_metadata, model_sparsity
 from .openvino import export_openvino
-from .pixels import LAYOUT_KEY, NHWC_BGR, nhwc_input
+from .pixels import LAYOUT_KEY, NHWC_BGR, pixel_input, pixel_layout
 from .prepare import is_qat, prepare_model
 from .qat_qdq import export_qat_qdq
 from .qdq import DEFAULT_METHOD
@@ -83,27 +83,26 @@ def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), im
     "ultralytics" in include: also write <stem>_ultralytics.pt in Ultralytics YOLOv5's own (pickled) layout; alone,
     with no --int8, it is the only file written.
     uint8_input: the graph takes uint8 NCHW RGB pixels and divides by 255 itself (no float conversion in the caller).
+    nhwc: ... uint8 NHWC BGR frames instead (utils.export.pixels; INT8 files: the pixels are their quantized input).
     head: "raw" ends every ONNX file at Detect's convs; our engines decode only the cells that pass objectness.
-    nhwc: every ONNX file takes uint8 NHWC BGR frames (utils.export.pixels); the engine does layout and /255.
     """
     if head not in HEADS:
         raise ValueError(f"--head {head!r}: choose one of {', '.join(HEADS)}")
-    if nhwc and uint8_input:
-        raise ValueError("--nhwc already makes the graph take uint8 pixels (NHWC BGR): drop --uint8-input")
+    pixels = pixel_layout(uint8_input, nhwc)
     job = _load(weights, imgsz, batch_size, dynamic, device, prune, int8, data, calib_images, int8_format,
-                verify_images, uint8_input, log)
+                verify_images, log)
     if "ultralytics" in include:
         check_ultralytics(job.model)  # refuse (QAT, foreign layers) before anything is written
         if not int8 and not {"onnx", "openvino"} & set(include):
             job.result["files"] = [ultralytics_file(job.model, job.weights, job.tag, log)]
             return job.finish()
-    _write_onnx(job, int8_format, dynamic, opset, simplify, uint8_input)
+    _write_onnx(job, int8_format, dynamic, opset, simplify)
     if int8 and not is_qat(job.model):
         _write_int8(job, int8_format, calib_images, calib_method, data)
     if head == "raw":
         _strip_decode(job)
-    if nhwc:
-        _nhwc_input(job)
+    if pixels:
+        _pixel_input(job, pixels)
     if verify:
         _verify(job, verify_images, verify_strict)
     if "openvino" in include:
@@ -115,14 +114,12 @@ def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), im
 
 def _load(weights: str | Path, imgsz: int | tuple[int, int], batch_size: int, dynamic: bool, device: str,
           prune: Callable[[nn.Module], str] | None, int8: bool, data: str | dict | None, calib_images: int,
-          int8_format: str, verify_images: int, uint8_input: bool, log: Callable[[str], None]) -> Export:
+          int8_format: str, verify_images: int, log: Callable[[str], None]) -> Export:
     """Check the options, read the calibration images and the checkpoint, prune if asked: nothing written yet."""
-    check_int8_options(int8, data, int8_format, dynamic, uint8_input)
+    check_int8_options(int8, data, int8_format, dynamic)
     images = calibration_images(data, max(calib_images, verify_images)) if data else []
     weights = Path(weights)
     model = load_model(str(weights), device=device, fuse=False)
-    if uint8_input and is_qat(model):
-        raise ValueError("--uint8-input applies to float exports only; this checkpoint is QAT (INT8)")
     hw = tuple(check_img_size(list(as_hw(imgsz)), s=int(model.stride.max())))  # round up and warn
     tag = prune(model) if prune is not None else ""
     sparsity = model_sparsity(model)
@@ -130,14 +127,14 @@ def _load(weights: str | Path, imgsz: int | tuple[int, int], batch_size: int, dy
     return Export(model, weights, hw, batch_size, meta, tag, images, log, {"sparsity": sparsity, "metadata": meta})
 
 
-def _write_onnx(job: Export, int8_format: str, dynamic: bool, opset: int, simplify: bool, uint8_input: bool) -> None:
+def _write_onnx(job: Export, int8_format: str, dynamic: bool, opset: int, simplify: bool) -> None:
     """The main file: float, or a QAT model's own INT8 (QDQ, or SparseML's ConvInteger form for DeepSparse)."""
     target = output_path(job.weights.with_name(f"{job.weights.stem}{job.tag}{job.weights.suffix}"), log=job.log)
     if is_qat(job.model) and int8_format == "qdq":  # learned scales, written in the form every engine runs as INT8
         onnx_file = export_qat_qdq(job.model, target, job.hw, job.batch_size, job.meta)
     else:
-        onnx_file = export_onnx(prepare_model(job.model, uint8_input=uint8_input), target, job.hw, job.batch_size,
-                                dynamic, opset, job.meta, simplify)
+        onnx_file = export_onnx(prepare_model(job.model), target, job.hw, job.batch_size, dynamic, opset, job.meta,
+                                simplify)
     job.result["files"] = [onnx_file]
     job.log(f"export: wrote {onnx_file} ({describe(onnx_file)})")
     job.result["onnx_sparsity"] = onnx_conv_sparsity(onnx_file)["sparsity"]
@@ -174,13 +171,13 @@ def _strip_decode(job: Export) -> None:
     job.meta.update(raw.metadata())
 
 
-def _nhwc_input(job: Export) -> None:
-    """--nhwc: every ONNX file takes letterboxed OpenCV frames (checked against PyTorch by _verify)."""
+def _pixel_input(job: Export, layout: str) -> None:
+    """--nhwc / --uint8-input: every ONNX file takes uint8 pixels (checked against PyTorch by _verify)."""
     for f in job.onnx_files():
-        nhwc_input(f)
-        job.log(f"export: {f.name} takes uint8 NHWC BGR frames (--nhwc): layout, channel order and /255 run in the "
-                f"engine")
-    job.meta[LAYOUT_KEY] = NHWC_BGR
+        pixel_input(f, layout)
+        job.log(f"export: {f.name} takes uint8 {layout} pixels (--{'nhwc' if layout == NHWC_BGR else 'uint8-input'}):"
+                f" the engine does the rest (INT8 files: the pixels are their quantized input)")
+    job.meta[LAYOUT_KEY] = layout
 
 
 def _verify(job: Export, verify_images: int, strict: bool) -> None:
@@ -223,11 +220,8 @@ def dataset_name(data: str | dict | None) -> str:
     return str(data.get("yaml_file", "the dataset")) if isinstance(data, dict) else str(data)
 
 
-def check_int8_options(int8: bool, data: str | dict | None, int8_format: str, dynamic: bool,
-                       uint8_input: bool = False) -> None:
+def check_int8_options(int8: bool, data: str | dict | None, int8_format: str, dynamic: bool) -> None:
     """One line for an --int8 request that cannot work, before anything is loaded or written."""
-    if int8 and uint8_input:
-        raise ValueError("--uint8-input applies to float exports only: drop --int8 (INT8 files keep a float input)")
     if int8_format not in INT8_FORMATS:
         raise ValueError(f"--int8-format {int8_format!r}: choose one of {', '.join(INT8_FORMATS)}")
     if int8 and not data:

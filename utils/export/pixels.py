@@ -1,12 +1,14 @@
-"""`--nhwc`: the exported graph takes uint8 NHWC BGR frames, as cv2.imread and video capture give them.
+"""`--nhwc` / `--uint8-input`: the exported graph takes uint8 pixels: NHWC BGR frames as cv2.imread and video
+capture give them, or NCHW RGB planes.
 
 The host then only resizes into the letterbox canvas: the layout change (HWC -> CHW), the channel order and the
 /255 scaling happen inside the engine, which does them in its first layer's pass over the input instead of three
 extra passes in numpy. Works on every form we write (float, QDQ, ConvInteger; decoded or raw head) by rewriting the
 file's input: uint8 (B, H, W, 3) -> Transpose -> Cast -> Mul(float32(1/255)), the very floats the host computed
 before. INT8 files quantize the input with scale 1/255 and zero point 0, which gives back the pixels themselves:
-there the Transpose feeds the first quantized conv directly (bit-identical, no float pass at all). BGR -> RGB costs
-nothing: the first conv's weights swap their input channels (exact: a permutation).
+there the pixels feed the first quantized conv directly (bit-identical, no float pass at all). BGR -> RGB costs
+nothing: the first conv's weights swap their input channels (exact: a permutation). NCHW RGB input skips the
+Transpose and the swap; the host then still reorders the bytes into planes.
 """
 from __future__ import annotations
 
@@ -20,47 +22,70 @@ from utils.atomic import atomic_path
 
 from .trace import write_metadata
 
-LAYOUT_KEY, NHWC_BGR = "input_layout", "NHWC BGR"  # metadata: how the engine's input is laid out
+LAYOUT_KEY, NHWC_BGR, NCHW_RGB = "input_layout", "NHWC BGR", "NCHW RGB"  # metadata: the engine's input layout
 PASS_THROUGH = ("QuantizeLinear", "DequantizeLinear", "Cast", "Mul")  # ops between the input and the first conv
 WEIGHT_INPUT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
 
 
+def pixel_layout(uint8_input: bool, nhwc: bool) -> str | None:
+    """The input layout the two export flags ask for (None: float NCHW RGB, as traced)."""
+    if nhwc and uint8_input:
+        raise ValueError("--nhwc already makes the graph take uint8 pixels (NHWC BGR): drop --uint8-input")
+    return NHWC_BGR if nhwc else NCHW_RGB if uint8_input else None
+
+
 def nhwc_input(file: Path) -> Path:
-    """Rewrite an exported ONNX file in place (atomically) to take uint8 NHWC BGR pixels."""
+    """Rewrite an exported ONNX file in place (atomically) to take uint8 NHWC BGR frames (--nhwc)."""
+    return pixel_input(file, NHWC_BGR)
+
+
+def pixel_input(file: Path, layout: str = NCHW_RGB) -> Path:
+    """Rewrite an exported ONNX file in place (atomically) to take uint8 pixels: NHWC BGR frames (--nhwc) or the
+    NCHW RGB planes of the float input (--uint8-input)."""
     proto = onnx.load(str(file))
     graph = proto.graph
     inp = graph.input[0]
     if inp.type.tensor_type.elem_type != TensorProto.FLOAT or len(inp.type.tensor_type.shape.dim) != 4:
-        raise ValueError(f"{file}: --nhwc needs a float NCHW image input; export it without --uint8-input")
+        raise ValueError(f"{file}: uint8 pixel input needs a float NCHW image input; this file's input is not")
     name, dims = inp.name, [_dim(d) for d in inp.type.tensor_type.shape.dim]
     floats = f"{name}_rgb_float"
     for n in graph.node:
         n.input[:] = [floats if x == name else x for x in n.input]
-    swapped = _swap_first_conv_channels(graph, floats)
+    nhwc = layout == NHWC_BGR
+    swapped = nhwc and _swap_first_conv_channels(graph, floats)
     quantizer = _pixel_quantizer(graph, floats)
     nodes, src = [], name
-    if not swapped:  # no conv to absorb the channel order: reverse the channels in the graph (one extra pass)
+    if nhwc and not swapped:  # no conv to absorb the channel order: reverse the channels in the graph (one pass)
         graph.initializer.append(numpy_helper.from_array(np.array([2, 1, 0], np.int64), f"{name}_bgr"))
         nodes.append(helper.make_node("Gather", [name, f"{name}_bgr"], [f"{name}_rgb"], axis=3))
         src = f"{name}_rgb"
+    if nhwc:
+        nodes.append(helper.make_node("Transpose", [src], [f"{name}_nchw"], perm=[0, 3, 1, 2]))
+        src = f"{name}_nchw"
     if quantizer is not None:  # INT8: the pixels are the quantized input already, bit for bit
-        nodes.append(helper.make_node("Transpose", [src], [quantizer.output[0]], perm=[0, 3, 1, 2]))
+        _rename_input(graph, quantizer.output[0], src)
         graph.node.remove(quantizer)
     else:
         graph.initializer.append(numpy_helper.from_array(np.array(1 / 255.0, np.float32), f"{name}_inv255"))
-        nodes += [helper.make_node("Transpose", [src], [f"{name}_nchw"], perm=[0, 3, 1, 2]),
-                  helper.make_node("Cast", [f"{name}_nchw"], [f"{name}_float"], to=TensorProto.FLOAT),
+        nodes += [helper.make_node("Cast", [src], [f"{name}_float"], to=TensorProto.FLOAT),
                   helper.make_node("Mul", [f"{name}_float", f"{name}_inv255"], [floats])]
     for i, node in enumerate(nodes):
         graph.node.insert(i, node)
     del graph.input[0]
-    graph.input.insert(0, helper.make_tensor_value_info(name, TensorProto.UINT8, [dims[0], dims[2], dims[3], 3]))
+    shape = [dims[0], dims[2], dims[3], 3] if nhwc else dims
+    graph.input.insert(0, helper.make_tensor_value_info(name, TensorProto.UINT8, shape))
     meta = {p.key: p.value for p in proto.metadata_props}
-    write_metadata(proto, {**meta, LAYOUT_KEY: NHWC_BGR})
+    write_metadata(proto, {**meta, LAYOUT_KEY: layout})
     onnx.checker.check_model(proto)
     with atomic_path(file, what="export") as tmp:
         onnx.save(proto, str(tmp))
     return file
+
+
+def _rename_input(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Every node reading `old` reads `new` instead."""
+    for n in graph.node:
+        n.input[:] = [new if x == old else x for x in n.input]
 
 
 def _pixel_quantizer(graph: onnx.GraphProto, src: str) -> onnx.NodeProto | None:

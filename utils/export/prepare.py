@@ -21,33 +21,15 @@ class FirstOutput(nn.Module):
         return y[0] if isinstance(y, (list, tuple)) else y
 
 
-class Uint8Input(nn.Module):
-    """Take uint8 NCHW RGB pixels and do the /255 float conversion as the graph's first ops (Cast, Mul).
-
-    The multiply is by float32(1/255), as OpenCV's blob and the pre-processing in numpy do, so the network sees the
-    very same floats; the caller then only letterboxes and transposes bytes (4x less memory to write than float32).
-    """
-
-    input_dtype = torch.uint8
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.float() * (1 / 255.0))
-
-
-def prepare_model(model: nn.Module, fuse: bool = True, uint8_input: bool = False) -> nn.Module:
-    """Float32 eval copy with BN folded and every Detect in export mode (decoded tensor only); uint8_input wraps it
-    so the traced graph takes uint8 pixels (Uint8Input)."""
+def prepare_model(model: nn.Module, fuse: bool = True) -> nn.Module:
+    """Float32 eval copy with BN folded and every Detect in export mode (decoded tensor only)."""
     model = copy.deepcopy(model).float().eval().requires_grad_(False)
     if fuse and hasattr(model, "fuse"):
         with torch.no_grad():  # folded weights must stay leaf tensors, not autograd results
             model.fuse()
     for m in _detect_heads(model):
         m.export = True
-    return Uint8Input(model) if uint8_input else model
+    return model
 
 
 def _detect_heads(model: nn.Module) -> list[nn.Module]:

@@ -44,7 +44,7 @@ def _trace(model: nn.Module, file: Path, imgsz: int | tuple[int, int], batch_siz
            opset: int) -> None:
     """Float models through torch.onnx; QAT models through SparseML's INT8 (ConvInteger) converter."""
     h, w = as_hw(imgsz)
-    x = torch.zeros(batch_size, 3, h, w, dtype=getattr(model, "input_dtype", torch.float32))  # Uint8Input: uint8
+    x = torch.zeros(batch_size, 3, h, w)
     axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch", 1: "anchors"}}
     reset_grids(model)
     with warnings.catch_warnings():
