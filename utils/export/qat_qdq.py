@@ -35,7 +35,10 @@ the rest goes to the Q/DQ around each float SiLU (ORT does not fuse Sigmoid*Mul 
 file max |diff| ~3e-7 of the largest output; a QLinearConv file converts bit-exactly. export_qat_qdq therefore also
 quantizes each Sigmoid output (fixed range: scale 1/255, zero point 0) where the SiLU feeds only QuantizeLinear (27 of
 yolov5n's 57), so ONNX Runtime fuses QLinearSigmoid and QLinearMul there as in the post-training files: the pistols
-QAT yolov5n at 320 went from 11.1 to 8.9 ms (FP32 7.9, post-training INT8 7.4).
+QAT yolov5n at 320 went from 11.1 to 8.9 ms (FP32 7.9, post-training INT8 7.4). It also moves the Q after each
+Concat onto the Concat's inputs (exact, same scale): 13 QLinearConcat and 16 more quantized SiLUs (43 of 57; the 14
+left feed a residual Add, whose inputs have no learned range); engine 9.3 -> 8.7 ms interleaved on a loaded machine,
+pistols valid mAP50 0.785 -> 0.781, mAP50-95 0.452 -> 0.454.
 """
 from __future__ import annotations
 
@@ -345,6 +348,30 @@ def _quantize_silu(g: _Graph, nodes: list[onnx.NodeProto]) -> int:
     return added
 
 
+def _quantize_concat_inputs(g: _Graph, nodes: list[onnx.NodeProto]) -> int:
+    """Move the QuantizeLinear after a Concat onto each of its inputs (same scale and zero point), so ONNX Runtime
+    runs QLinearConcat and the SiLUs feeding it become quantizable (_quantize_silu). Exact: quantizing a concatenation
+    per element with one scale is the concatenation of the quantized parts. Only Concats whose one reader is that Q."""
+    producer = {o: n for n in nodes for o in n.output}
+    consumers = _consumers(nodes)
+    added = 0
+    for cat in [n for n in nodes if n.op_type == "Concat"]:
+        readers = consumers.get(cat.output[0], [])
+        if len(readers) != 1 or readers[0].op_type != "QuantizeLinear" or cat.output[0] in g.outputs:
+            continue
+        q = readers[0]
+        for i, t in enumerate(cat.input):
+            src = producer.get(t)
+            if g.const(t) is not None or (src is not None and src.op_type == "DequantizeLinear"):
+                continue
+            qt, dq = g.fresh(f"{t}_cat_quantized"), g.fresh(f"{t}_cat_dequantized")
+            nodes += [helper.make_node("QuantizeLinear", [t, *q.input[1:]], [qt], name=g.fresh(f"{cat.name}_q{i}")),
+                      helper.make_node("DequantizeLinear", [qt, *q.input[1:]], [dq], name=g.fresh(f"{cat.name}_dq{i}"))]
+            cat.input[i] = dq
+            added += 1
+    return added
+
+
 def _toposort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
     done, out, pending = set(available), [], list(nodes)
     while pending:
@@ -413,6 +440,7 @@ def qdq_from_quantized(model: onnx.ModelProto, quantize_silu: bool = False) -> o
         nodes.extend(replaced.get(id(node), [node]))
     _activation_int8_to_uint8(g, nodes)
     if quantize_silu:
+        _quantize_concat_inputs(g, nodes)
         _quantize_silu(g, nodes)
     inits = list(graph.initializer) + g.new_inits
     available = {i.name for i in graph.input} | {t.name for t in inits}
