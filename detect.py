@@ -63,7 +63,7 @@ def run(weights: str = "yolov5n.pt", source: str | None = None, imgsz: int | lis
     writer.close()
     pre, inf, nms = predictor.timings.per_image()
     LOGGER.info(f"Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image at shape "
-                f"(1, 3, {imgsz[0]}, {imgsz[1]}) with {eng.name} {eng.version()}")
+                f"{(1, *imgsz, 3) if eng.channels_last else (1, 3, *imgsz)} with {eng.name} {eng.version()}")
     LOGGER.info(f"Results saved to {save_dir}" + (f"\n{len(list((save_dir / 'labels').glob('*.txt')))} labels saved "
                                                   f"to {save_dir / 'labels'}" if save_txt else ""))
     return save_dir
