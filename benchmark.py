@@ -54,14 +54,14 @@ def run(weights: list[str] | None = None, cfg: str | None = None, engines: list[
         openvino_precision: str = "f32", opset: int = DEFAULT_OPSET, device: str = "cpu",
         project: str = "runs/benchmark", name: str = "exp", exist_ok: bool = False,
         channel_prune: list[float] | None = None, channel_allocation: str = "uniform", data: str | None = None,
-        workers: int = 2, allow_download_code: bool = False, head: str = "raw", uint8_input: bool = False,
+        workers: int = 2, allow_download_code: bool = False, head: str = "raw", uint8_input: bool = True,
         nhwc: bool = False) -> dict[str, Any]:
     """Time every (batch size, variant, engine, scenario); returns the report dict (also saved as results.json)."""
     check_options(threads=num_cores)
     engines, scenario = validate(engines or list(ENGINES), batch_size, sparsity, scenario, warmup, iterations, time_s)
     hw = check_img_size([imgsz[0], imgsz[-1]] if isinstance(imgsz, (list, tuple)) else [imgsz, imgsz], s=32)
     settings = Settings(tuple(hw), warmup, iterations, time_s, num_cores, num_streams, conf_thres, iou_thres,
-                        max_det, openvino_precision, device, head, pixel_layout(uint8_input, nhwc))
+                        max_det, openvino_precision, device, head, pixel_layout(uint8_input and not nhwc, nhwc))
     machine = machine_report(num_cores)
     LOGGER.info(format_machine(machine))
     LOGGER.info(method_text(settings, scenario))
@@ -111,8 +111,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--head", choices=HEADS, default="raw",
                    help="files built here: raw = end at Detect's convs, the host decodes only cells that pass "
                    "objectness (faster); decoded = Detect's decode inside the graph, as export.py writes by default")
-    p.add_argument("--uint8-input", action="store_true",
-                   help="files built here take uint8 NCHW RGB pixels (export.py --uint8-input)")
+    p.add_argument("--uint8-input", action=argparse.BooleanOptionalAction, default=True,
+                   help="files built here take uint8 NCHW RGB pixels (export.py --uint8-input; INT8 files: the pixels "
+                   "are their quantized input); --no-uint8-input feeds float32 as export.py writes by default")
     p.add_argument("--nhwc", action="store_true",
                    help="files built here take uint8 NHWC BGR frames (export.py --nhwc): the host only letterboxes, "
                    "the engine does layout and /255")

@@ -119,6 +119,8 @@ class RawPrediction:
     def _gather(v: np.ndarray, b: np.ndarray, a: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
         """(K, no) logits of cells (b, a, y, x) from a (B, na, no, ny, nx) view of a contiguous map."""
         _, na, no, ny, nx = v.shape
+        if not v.flags.c_contiguous:  # a flat view would copy the whole map: index it as it is
+            return v[b, a, :, y, x]
         base = ((b * na + a) * no) * (ny * nx) + y * nx + x
         return v.reshape(-1).take(base[:, None] + np.arange(no) * (ny * nx))
 
