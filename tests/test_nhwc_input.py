@@ -1,8 +1,6 @@
 """--nhwc: files take uint8 NHWC BGR frames; the host only letterboxes, detections stay those of the float file."""
 from __future__ import annotations
 
-import shutil
-
 import cv2
 import numpy as np
 import onnx
@@ -10,6 +8,7 @@ import pytest
 from onnx import numpy_helper
 
 import export
+from tests.conftest import detections_by_file, writable_copy
 from utils.augmentations import letterbox, letterbox_hwc, letterbox_shape
 from utils.engines import load_engine
 from utils.engines.metadata import read_onnx_metadata
@@ -19,12 +18,8 @@ from utils.predict import Letterboxer, Predictor
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, yolov5n_pt):
     """The official yolov5n at 320 with the raw head: float NCHW input (the default) and --nhwc."""
-    out = {}
-    for layout in ("nchw", "nhwc"):
-        d = tmp_path_factory.mktemp(layout)
-        shutil.copy(yolov5n_pt, d / "yolov5n.pt")
-        out[layout] = export.run(weights=str(d / "yolov5n.pt"), imgsz=[320], head="raw", nhwc=layout == "nhwc")[0]
-    return out
+    return {layout: export.run(weights=str(writable_copy(yolov5n_pt, tmp_path_factory.mktemp(layout))), imgsz=[320],
+                               head="raw", nhwc=layout == "nhwc")[0] for layout in ("nchw", "nhwc")}
 
 
 def test_graph_takes_frames_and_absorbs_bgr_in_the_first_conv(files):
@@ -75,8 +70,7 @@ def test_nchw_float_batches_still_work(files, bus_jpg):
 
 def test_int8_and_batch_files_take_frames(tmp_path, yolov5n_pt, bus_jpg):
     """Post-training QDQ gets the same rewrite (the flip lands in its int8 weights) and a batch-2 file chunks."""
-    shutil.copy(yolov5n_pt, tmp_path / "yolov5n.pt")
-    res = export.export_weights(tmp_path / "yolov5n.pt", imgsz=160, batch_size=2, int8=True,
+    res = export.export_weights(writable_copy(yolov5n_pt, tmp_path), imgsz=160, batch_size=2, int8=True,
                                 data="data/coco128-local.yaml", calib_images=4, verify_images=2, nhwc=True)
     assert res["verify_all"]["yolov5n_int8.onnx"]["agrees"]
     int8 = onnx.load(str(res["files"][1]))
@@ -90,20 +84,17 @@ def test_int8_and_batch_files_take_frames(tmp_path, yolov5n_pt, bus_jpg):
 
 
 def test_nhwc_with_uint8_input_is_one_line(yolov5n_pt, tmp_path):
-    shutil.copy(yolov5n_pt, tmp_path / "yolov5n.pt")
     with pytest.raises(ValueError, match="drop --uint8-input"):
-        export.export_weights(tmp_path / "yolov5n.pt", imgsz=160, uint8_input=True, nhwc=True)
+        export.export_weights(writable_copy(yolov5n_pt, tmp_path), imgsz=160, uint8_input=True, nhwc=True)
 
 
 def _int8_pair(tmp_path, yolov5n_pt, fmt: str) -> dict:
     """The same post-training INT8 file at 160, raw head: float NCHW input, --uint8-input and --nhwc."""
     out = {}
     for layout in ("nchw", "uint8", "nhwc"):
-        (tmp_path / layout).mkdir()
-        shutil.copy(yolov5n_pt, tmp_path / layout / "yolov5n.pt")
-        out[layout] = export.export_weights(tmp_path / layout / "yolov5n.pt", imgsz=160, int8=True, int8_format=fmt,
-                                            data="data/coco128-local.yaml", calib_images=4, verify=False,
-                                            head="raw", uint8_input=layout == "uint8",
+        out[layout] = export.export_weights(writable_copy(yolov5n_pt, tmp_path / layout), imgsz=160, int8=True,
+                                            int8_format=fmt, data="data/coco128-local.yaml", calib_images=4,
+                                            verify=False, head="raw", uint8_input=layout == "uint8",
                                             nhwc=layout == "nhwc")["files"][1]
     return out
 
@@ -126,10 +117,9 @@ def test_int8_frames_are_bit_identical(tmp_path, yolov5n_pt, bus_jpg, fmt):
 @pytest.mark.native_engines
 @pytest.mark.parametrize("engine", ["openvino", "deepsparse"])
 def test_frames_on_native_engines(files, bus_jpg, engine):
-    preds = {k: Predictor(load_engine(f, engine, num_threads=1), (320, 320), 0.25, 0.45) for k, f in files.items()}
-    im = cv2.imread(str(bus_jpg))
-    a, b = preds["nchw"]([im])[0], preds["nhwc"]([im])[0]
-    assert preds["nhwc"].engine.input_layout == "NHWC BGR" and a.shape == b.shape and len(a) > 0
+    dets = detections_by_file(files, engine, 320, bus_jpg)
+    a, b = dets["nchw"], dets["nhwc"]
+    assert load_engine(files["nhwc"], engine).input_layout == "NHWC BGR" and a.shape == b.shape and len(a) > 0
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-3)
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import export
+from tests.conftest import detections_by_file, writable_copy
 import val
 from models.yolo import DetectionModel
 from utils.checkpoint import load_model
@@ -28,12 +29,8 @@ from utils.sparsity.ptq import calibration_batches, quantize_ptq
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, yolov5n_pt):
     """The official yolov5n exported twice at 640: decoded (the default) and --head raw."""
-    out = {}
-    for head in ("decoded", "raw"):
-        d = tmp_path_factory.mktemp(head)
-        shutil.copy(yolov5n_pt, d / "yolov5n.pt")
-        out[head] = export.run(weights=str(d / "yolov5n.pt"), head=head)[0]
-    return out
+    return {head: export.run(weights=str(writable_copy(yolov5n_pt, tmp_path_factory.mktemp(head))), head=head)[0]
+            for head in ("decoded", "raw")}
 
 
 def test_host_decode_equals_detect_decode():
@@ -87,9 +84,8 @@ def test_val_on_raw_file_equals_decoded(files, coco128_dir, tmp_path):
 
 def test_qat_and_int8_exports_strip_too(tmp_path, yolov5n_pt):
     """Every form (here post-training QDQ) ends at the conv maps and still matches PyTorch's detections."""
-    shutil.copy(yolov5n_pt, tmp_path / "yolov5n.pt")
-    res = export.export_weights(tmp_path / "yolov5n.pt", imgsz=320, int8=True, data="data/coco128-local.yaml",
-                                calib_images=8, verify_images=4, head="raw")
+    res = export.export_weights(writable_copy(yolov5n_pt, tmp_path), imgsz=320, int8=True,
+                                data="data/coco128-local.yaml", calib_images=8, verify_images=4, head="raw")
     for f in res["files"]:
         assert len(onnx.load(str(f)).graph.output) == 3
     assert res["verify_all"]["yolov5n_int8.onnx"]["agrees"] and res["verify"]["max_abs"] < 0.05
@@ -136,21 +132,16 @@ def test_nms_on_raw_prediction_with_hybrid_labels(yolov5n_pt, bus_jpg):
 @pytest.mark.native_engines
 @pytest.mark.parametrize("engine", ["openvino", "deepsparse"])
 def test_raw_file_on_native_engines(files, bus_jpg, engine):
-    preds = {h: Predictor(load_engine(f, engine, num_threads=1), (640, 640), 0.25, 0.45) for h, f in files.items()}
-    im = cv2.imread(str(bus_jpg))
-    a, b = preds["decoded"]([im])[0], preds["raw"]([im])[0]
+    dets = detections_by_file(files, engine, 640, bus_jpg)
+    a, b = dets["decoded"], dets["raw"]
     assert a.shape == b.shape and len(a) >= 4
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-3)
 
 
 def test_static_batch_file_chunks_raw_outputs(tmp_path, yolov5n_pt, bus_jpg):
     """A batch-2 raw file given 3 images: every level's maps are chunked, padded and cut back like decoded outputs."""
-    out = {}
-    for head in ("decoded", "raw"):
-        d = tmp_path / head
-        d.mkdir()
-        shutil.copy(yolov5n_pt, d / "yolov5n.pt")
-        out[head] = export.run(weights=str(d / "yolov5n.pt"), imgsz=[160], batch_size=2, head=head)[0]
+    out = {head: export.run(weights=str(writable_copy(yolov5n_pt, tmp_path / head)), imgsz=[160], batch_size=2,
+                            head=head)[0] for head in ("decoded", "raw")}
     im = cv2.resize(cv2.imread(str(bus_jpg)), (160, 160))[..., ::-1].transpose(2, 0, 1)
     x = np.stack([im, im[:, ::-1], im[:, :, ::-1]]).astype(np.float32) / 255
     raw = load_engine(out["raw"])(x)
