@@ -240,6 +240,7 @@ def test_end_to_end_run_writes_csv_json_png(tiny_model, tmp_path, monkeypatch):
 def test_int8_exporter_plugs_in(tmp_path, monkeypatch):
     """A registered exporter turns --quantize into INT8 rows; PyTorch reports n/a for exported-only variants."""
     seen = []
+    monkeypatch.setattr(variants, "_INT8_EXPORTERS", [])  # first: registering must not leak into later tests
 
     @variants.register_int8_exporter
     def fake_int8(model, file, imgsz, batch_size, fmt):  # stand-in: records the call, writes a placeholder
@@ -247,7 +248,7 @@ def test_int8_exporter_plugs_in(tmp_path, monkeypatch):
         file.write_bytes(b"")
         return file
 
-    monkeypatch.setattr(variants, "_INT8_EXPORTERS", [fake_int8])
+    assert variants._INT8_EXPORTERS == [fake_int8]
     vs, notes = benchmark.build_variants(None, "models/yolov5n.yaml", [0], "global", ["none"], True, 13, imgsz=64)
     assert [v.precision for v in vs] == ["FP32", "INT8"] and not notes
     assert vs[1].name == "yolov5n dense INT8"
