@@ -10,7 +10,7 @@ import torch
 
 from utils.augmentations import letterbox_chw, letterbox_hwc, letterbox_shape
 from utils.boxes import scale_boxes
-from utils.engines.base import NHWC_BGR, Engine
+from utils.engines.base import NCHW_RGB, NHWC_BGR, Engine
 from utils.nms import non_max_suppression
 from utils.raw_head import RawPrediction
 
@@ -42,7 +42,7 @@ class Letterboxer:
         self._resized: dict[tuple, np.ndarray] = {}
 
     def __call__(self, images: list[np.ndarray], shape: tuple[int, int], auto: bool, stride: int,
-                 dtype: np.dtype = np.float32, layout: str = "NCHW RGB") -> tuple[np.ndarray, list[tuple]]:
+                 dtype: np.dtype = np.float32, layout: str = NCHW_RGB) -> tuple[np.ndarray, list[tuple]]:
         """(batch, meta) where meta per image is (letterboxed (h, w), original (h, w), (ratio, pad)); layout
         'NHWC BGR' (a graph exported with --nhwc) gets the letterboxed frames themselves, uint8."""
         if not images:

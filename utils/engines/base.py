@@ -9,7 +9,8 @@ import numpy as np
 
 from utils.raw_head import RawHead, RawPrediction
 
-NHWC_BGR = "NHWC BGR"  # utils.export.pixels: a graph that takes OpenCV frames (uint8 HWC, BGR) letterboxed
+LAYOUT_KEY = "input_layout"  # metadata key written by utils.export.pixels
+NCHW_RGB, NHWC_BGR = "NCHW RGB", "NHWC BGR"  # planes (float or uint8); letterboxed OpenCV frames (uint8 HWC, BGR)
 
 
 class EngineUnavailable(RuntimeError):
@@ -80,8 +81,8 @@ class Engine(ABC):
     def input_layout(self) -> str:
         """'NCHW RGB' (float or uint8), or 'NHWC BGR' for a graph that takes letterboxed OpenCV frames."""
         if not self.channels_last:
-            return "NCHW RGB"
-        return NHWC_BGR if self.metadata.get("input_layout") == NHWC_BGR else "NHWC RGB"
+            return NCHW_RGB
+        return NHWC_BGR if self.metadata.get(LAYOUT_KEY) == NHWC_BGR else "NHWC RGB"
 
     def spatial(self, shape: list[Any]) -> list[Any]:
         """The (H, W) dimensions of an input shape in this file's layout."""
@@ -170,8 +171,7 @@ class Engine(ABC):
 
     def _check_shape(self, batch: np.ndarray) -> None:
         """Fail with the fix in the message rather than deep inside a backend."""
-        c = batch.shape[3] if self.channels_last and batch.ndim == 4 else batch.shape[1] if batch.ndim == 4 else 0
-        if c != 3:
+        if batch.ndim != 4 or batch.shape[3 if self.channels_last else 1] != 3:
             raise ValueError(f"{self.name}: expected an {self.input_layout[:4]} batch with 3 channels, got shape "
                              f"{batch.shape}")
         hw = tuple(self.spatial(list(batch.shape)))

@@ -19,10 +19,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from utils.atomic import atomic_path
+from utils.engines.base import LAYOUT_KEY, NCHW_RGB, NHWC_BGR
 
+from .qdq import _consumers, _producers
 from .trace import write_metadata
 
-LAYOUT_KEY, NHWC_BGR, NCHW_RGB = "input_layout", "NHWC BGR", "NCHW RGB"  # metadata: the engine's input layout
 PASS_THROUGH = ("QuantizeLinear", "DequantizeLinear", "Cast", "Mul")  # ops between the input and the first conv
 WEIGHT_INPUT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
 
@@ -32,11 +33,6 @@ def pixel_layout(uint8_input: bool, nhwc: bool) -> str | None:
     if nhwc and uint8_input:
         raise ValueError("--nhwc already makes the graph take uint8 pixels (NHWC BGR): drop --uint8-input")
     return NHWC_BGR if nhwc else NCHW_RGB if uint8_input else None
-
-
-def nhwc_input(file: Path) -> Path:
-    """Rewrite an exported ONNX file in place (atomically) to take uint8 NHWC BGR frames (--nhwc)."""
-    return pixel_input(file, NHWC_BGR)
 
 
 def pixel_input(file: Path, layout: str = NCHW_RGB) -> Path:
@@ -49,8 +45,7 @@ def pixel_input(file: Path, layout: str = NCHW_RGB) -> Path:
         raise ValueError(f"{file}: uint8 pixel input needs a float NCHW image input; this file's input is not")
     name, dims = inp.name, [_dim(d) for d in inp.type.tensor_type.shape.dim]
     floats = f"{name}_rgb_float"
-    for n in graph.node:
-        n.input[:] = [floats if x == name else x for x in n.input]
+    _rename_input(graph, name, floats)
     nhwc = layout == NHWC_BGR
     swapped = nhwc and _swap_first_conv_channels(graph, floats)
     quantizer = _pixel_quantizer(graph, floats)
@@ -109,10 +104,7 @@ def _dim(d: onnx.TensorShapeProto.Dimension) -> int | str:
 
 def _swap_first_conv_channels(graph: onnx.GraphProto, src: str) -> bool:
     """Reverse the input channels of the one conv `src` reaches (through Q/DQ/Cast/Mul only); False if none does."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for x in n.input:
-            consumers.setdefault(x, []).append(n)
+    consumers = _consumers(graph)
     tensor = src
     while len(consumers.get(tensor, [])) == 1:
         node = consumers[tensor][0]
@@ -126,8 +118,7 @@ def _swap_first_conv_channels(graph: onnx.GraphProto, src: str) -> bool:
 
 def _swap_weight(graph: onnx.GraphProto, weight: str) -> bool:
     """Flip axis 1 of the (O, 3, kh, kw) initializer behind `weight`, through a DequantizeLinear if there is one."""
-    producers = {o: n for n in graph.node for o in n.output}
-    node = producers.get(weight)
+    node = _producers(graph).get(weight)
     if node is not None and node.op_type == "DequantizeLinear":
         weight = node.input[0]
     inits = {t.name: t for t in graph.initializer}
