@@ -11,9 +11,11 @@ import torch
 from onnx import numpy_helper
 
 from utils.engines.metadata import read_onnx_metadata
-from utils.export.qdq import (METHODS, OPSET, SCHEME, calibrate_ranges, head_convs, image_batches, quantize_onnx_file,
-                              quantize_qdq)
+from utils.export.qdq import (METHODS, OPSET, SCHEME, _chosen_tensors, calibrate_ranges, head_convs, image_batches,
+                              quantize_onnx_file, quantize_qdq)
 from utils.export import export_weights, load_image_batch
+from utils.export.pipeline import check_int8_options
+from utils.export.sensitivity import _head_probs, rank_units
 from utils.nms import non_max_suppression
 
 IMGSZ, CALIB_IMAGES = 320, 8
@@ -163,3 +165,47 @@ def test_calibration_methods_and_errors(files):
         calibrate_ranges(model, batches, "mse-typo")
     with pytest.raises(KeyError, match="no calibrated range"):
         quantize_qdq(model, {})
+
+
+def test_mixed_precision_leaves_the_most_sensitive_units_float(files, coco128_dir, tmp_path):
+    """--int8-float: units ranked by the head error each adds alone; the top ones stay float and the error drops."""
+    fp32, _ = files
+    model = onnx.load(str(fp32))
+    images = sorted((coco128_dir / "images" / "train2017").glob("*.jpg"))[:2]
+    batches = list(image_batches(images, IMGSZ))
+    ranges = calibrate_ranges(model, batches)
+    ranked = rank_units(model, ranges, batches, "all")
+    tensors = [t for unit, _ in ranked for t in unit]
+    assert sorted(tensors) == sorted(_chosen_tensors(model, "all", False))  # every quantized tensor, once
+    errors = [e for _, e in ranked]
+    assert errors == sorted(errors, reverse=True) and errors[-1] >= 0 and errors[0] > 0
+    prod = _producers(model)
+    silu = [u for u, _ in ranked if len(u) == 3]
+    assert len(silu) == 57 and all([prod[t].op_type for t in u] == ["Conv", "Sigmoid", "Mul"] for u in silu)
+
+    floats = [t for unit, _ in ranked[:2] for t in unit]
+    mixed = quantize_qdq(model, ranges, keep_float=floats)
+    q_inputs = {n.input[0] for n in mixed.graph.node if n.op_type == "QuantizeLinear"}
+    assert not q_inputs & set(floats)
+    inits = {t.name for t in mixed.graph.initializer}
+    readers = [n for n in mixed.graph.node if n.op_type == "Conv" and n.input[0] in floats]
+    assert readers and all(n.input[1] in inits for n in readers)  # a Conv reading a float tensor keeps float weights
+    ref = _head_probs(model, batches, 1)
+
+    def err(m: onnx.ModelProto) -> float:
+        return float(np.mean([np.mean((a - r) ** 2) for a, r in zip(_head_probs(m, batches, 1), ref)]))
+
+    assert err(mixed) < err(quantize_qdq(model, ranges))
+
+    images8 = sorted((coco128_dir / "images" / "train2017").glob("*.jpg"))[:4]
+    out = quantize_onnx_file(fp32, tmp_path / "mixed.onnx", image_batches(images8, IMGSZ),
+                             choose_float=lambda m, r, b: floats if len(b) == 4 else [])
+    assert read_onnx_metadata(out)["float_activations"] == ",".join(floats)
+
+
+def test_int8_float_needs_qdq_int8():
+    check_int8_options(True, "d.yaml", "qdq", False, 3)
+    for args in ((False, None, "qdq", False, 3), (True, "d.yaml", "convinteger", False, 1),
+                 (True, "d.yaml", "qdq", False, -1)):
+        with pytest.raises(ValueError, match="--int8-float"):
+            check_int8_options(*args)

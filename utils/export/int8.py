@@ -21,6 +21,7 @@ from .metadata import export_metadata, model_sparsity
 from .prepare import prepare_model
 from .qat_qdq import export_qat_qdq
 from .qdq import DEFAULT_METHOD, image_batches, quantize_onnx_file
+from .sensitivity import most_sensitive
 from .trace import export_onnx
 
 INT8_FORMATS = ("qdq", "convinteger")  # qdq: ONNX Runtime, OpenVINO, OpenCV; convinteger: DeepSparse's fastest
@@ -40,16 +41,18 @@ def calibration_images(data: dict | str, n: int, seed: int = 0) -> list[str]:
 
 
 def export_qdq(fp32_file: Path, out: Path, images: list[str], imgsz: int, batch_size: int = 1,
-               method: str = DEFAULT_METHOD, calibration_file: Path | None = None) -> Path:
+               method: str = DEFAULT_METHOD, calibration_file: Path | None = None, float_units: int = 0) -> Path:
     """Post-training QDQ INT8 beside the FP32 file, calibrated on `images`; appears only when complete.
 
     A static batch > 1 needs `calibration_file` (the same model at batch 1): calibration then runs image by image.
+    float_units: leave that many of the activations whose INT8 error reaches the detections most in float.
     """
     if batch_size > 1 and calibration_file is None:
         raise ValueError("QDQ of a static batch > 1 file needs its batch-1 twin to calibrate on (calibration_file)")
     with atomic_path(out, what="INT8 export") as tmp:
         quantize_onnx_file(fp32_file, tmp, image_batches(images, imgsz, 1), method=method,
-                           calibration_src=calibration_file)
+                           calibration_src=calibration_file,
+                           choose_float=most_sensitive(float_units) if float_units > 0 else None)
     return out
 
 

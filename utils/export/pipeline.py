@@ -73,13 +73,15 @@ def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), im
                    prune: Callable[[nn.Module], str] | None = None, int8: bool = False, data: str | dict | None = None,
                    calib_images: int = 128, int8_format: str = "qdq", calib_method: str = DEFAULT_METHOD,
                    verify_images: int = 8, uint8_input: bool = False, head: str = "decoded",
-                   nhwc: bool = False) -> dict[str, Any]:
+                   nhwc: bool = False, int8_float: int = 0) -> dict[str, Any]:
     """Checkpoint -> ONNX (+ INT8, + OpenVINO) next to it, with metadata, a sparsity check, a numeric check, sizes.
 
     prune: optional one-shot step on the loaded model (export.py's old --sparsity); it returns a tag for the file name
     (yolov5n_obc50.onnx) so a pruned export never overwrites the dense one.
     int8: also write <stem>_int8.onnx, post-training from `calib_images` images of `data` (QDQ by default; a QAT
     checkpoint is INT8 already: its file is the INT8 one). With `data`, verification uses the dataset's images.
+    int8_float: QDQ only: that many activation units (a SiLU, an Add, a Concat) whose INT8 error reaches the
+    detections most, measured on the first calibration images, stay float (mixed precision).
     "ultralytics" in include: also write <stem>_ultralytics.pt in Ultralytics YOLOv5's own (pickled) layout; alone,
     with no --int8, it is the only file written.
     uint8_input: the graph takes uint8 NCHW RGB pixels and divides by 255 itself (no float conversion in the caller).
@@ -89,6 +91,7 @@ def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), im
     if head not in HEADS:
         raise ValueError(f"--head {head!r}: choose one of {', '.join(HEADS)}")
     pixels = pixel_layout(uint8_input, nhwc)
+    check_int8_options(int8, data, int8_format, dynamic, int8_float)
     job = _load(weights, imgsz, batch_size, dynamic, device, prune, int8, data, calib_images, int8_format,
                 verify_images, log)
     if "ultralytics" in include:
@@ -98,7 +101,7 @@ def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), im
             return job.finish()
     _write_onnx(job, int8_format, dynamic, opset, simplify)
     if int8 and not is_qat(job.model):
-        _write_int8(job, int8_format, calib_images, calib_method, data)
+        _write_int8(job, int8_format, calib_images, calib_method, data, int8_float)
     if head == "raw":
         _strip_decode(job)
     if pixels:
@@ -142,7 +145,8 @@ def _write_onnx(job: Export, int8_format: str, dynamic: bool, opset: int, simpli
             f"{job.result['onnx_sparsity']:.4f} measured in the ONNX initializers")
 
 
-def _write_int8(job: Export, int8_format: str, calib_images: int, calib_method: str, data: str | dict | None) -> None:
+def _write_int8(job: Export, int8_format: str, calib_images: int, calib_method: str, data: str | dict | None,
+               float_units: int = 0) -> None:
     """<stem>_int8.onnx, post-training: QDQ from the FP32 file, or SparseML's ConvInteger from the model."""
     onnx_file = job.files[0]
     int8_file = onnx_file.with_name(f"{onnx_file.stem}_int8.onnx")
@@ -150,13 +154,15 @@ def _write_int8(job: Export, int8_format: str, calib_images: int, calib_method: 
     if int8_format == "qdq":
         one = export_onnx(prepare_model(job.model), int8_file.with_name(f".{int8_file.stem}_b1.onnx"), job.hw, 1) \
             if job.batch_size > 1 else None  # calibrate image by image on the batch-1 twin
-        export_qdq(onnx_file, int8_file, calib, job.hw[0], job.batch_size, calib_method, one)
+        export_qdq(onnx_file, int8_file, calib, job.hw[0], job.batch_size, calib_method, one, float_units)
         if one is not None:
             one.unlink()
     else:
         export_convinteger(job.model, int8_file, job.hw, job.batch_size, job.meta, [cv2.imread(f) for f in calib])
     job.files.append(int8_file)
     how = f"{int8_format}, {calib_method if int8_format == 'qdq' else 'SparseML observers'}"
+    if float_units and int8_format == "qdq":
+        how += f", {float_units} most sensitive activation units float"
     job.log(f"export: wrote {int8_file} ({describe(int8_file)}; {how}, calibrated on {len(calib)} images of "
             f"{dataset_name(data)})")
 
@@ -220,10 +226,14 @@ def dataset_name(data: str | dict | None) -> str:
     return str(data.get("yaml_file", "the dataset")) if isinstance(data, dict) else str(data)
 
 
-def check_int8_options(int8: bool, data: str | dict | None, int8_format: str, dynamic: bool) -> None:
+def check_int8_options(int8: bool, data: str | dict | None, int8_format: str, dynamic: bool,
+                       int8_float: int = 0) -> None:
     """One line for an --int8 request that cannot work, before anything is loaded or written."""
     if int8_format not in INT8_FORMATS:
         raise ValueError(f"--int8-format {int8_format!r}: choose one of {', '.join(INT8_FORMATS)}")
+    if int8_float < 0 or (int8_float and (not int8 or int8_format != "qdq")):
+        raise ValueError(f"--int8-float {int8_float}: a count >= 0 of activation units left float, for --int8 with "
+                         "--int8-format qdq")
     if int8 and not data:
         raise ValueError("--int8 calibrates on your images: pass --data your_dataset.yaml (its train images are used)")
     if int8 and dynamic:

@@ -29,7 +29,7 @@ for DeepSparse keep the ConvInteger export.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import cv2
@@ -48,6 +48,8 @@ SCHEME = "qdq uint8 act / int8 per-channel weights"
 SILU_OPS = {"Conv", "Sigmoid", "Mul"}
 SAME_RANGE_OPS = {"MaxPool", "Resize"}  # output values are input values: share the input's params (ORT drops Q/DQ)
 HIST_BINS = 2048
+SENSITIVITY_BATCHES = 16  # calibration batches kept for choose_float (mixed precision)
+FloatChooser = Callable[[onnx.ModelProto, dict[str, tuple[float, float]], list[np.ndarray]], list[str]]
 
 
 # ---------------------------------------------------------------- graph analysis
@@ -341,14 +343,18 @@ def _concat_shared(model: onnx.ModelProto, chosen: set[str]) -> dict[str, str]:
 
 
 def quantize_qdq(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], quantize_head: bool = False,
-                 layout: str = DEFAULT_LAYOUT) -> onnx.ModelProto:
-    """Opset-13 QDQ copy of an FP32 graph: calibrated uint8 activations, int8 per-channel Conv weights, int32 bias."""
+                 layout: str = DEFAULT_LAYOUT, keep_float: Iterable[str] = ()) -> onnx.ModelProto:
+    """Opset-13 QDQ copy of an FP32 graph: calibrated uint8 activations, int8 per-channel Conv weights, int32 bias.
+
+    keep_float: activation tensors left without a Q/DQ pair (a Conv reading one of them stays float).
+    """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if _opset(model) < OPSET:
         raise ValueError(f"QDQ with per-channel weights needs opset >= {OPSET}; re-export with --opset {OPSET}")
     graph, prod = model.graph, _producers(model.graph)
-    chosen = _chosen_tensors(model, layout, quantize_head)
+    floats = set(keep_float)
+    chosen = [t for t in _chosen_tensors(model, layout, quantize_head) if t not in floats]
     missing = [t for t in chosen if t not in ranges and prod.get(t) is not None
                and prod[t].op_type not in SAME_RANGE_OPS]
     if missing:
@@ -381,7 +387,8 @@ def quantize_qdq(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]],
         for k, i in enumerate(new.input):  # every consumer reads the DQ output: ORT fuses only single-Q producers
             if i in rewired:
                 new.input[k] = rewired[i]
-        if node.op_type == "Conv" and (quantize_head or node.name not in heads) and node.input[1] in inits:
+        if (node.op_type == "Conv" and (quantize_head or node.name not in heads) and node.input[1] in inits
+                and node.input[0] not in floats):  # a Conv reading a float activation stays float
             act = node.input[0]
             if act not in b.params:
                 raise ValueError(f"Conv {node.name}: input {act} is not quantized")
@@ -435,28 +442,34 @@ def _quantize_conv_params(new: onnx.NodeProto, node: onnx.NodeProto, inits: dict
 
 def quantize_onnx_file(src: str | Path, dst: str | Path, batches: Iterable[np.ndarray], method: str = DEFAULT_METHOD,
                        quantize_head: bool = False, layout: str = DEFAULT_LAYOUT,
-                       calibration_src: str | Path | None = None) -> Path:
+                       calibration_src: str | Path | None = None, choose_float: FloatChooser | None = None) -> Path:
     """FP32 ONNX file -> QDQ INT8 file keeping the source's metadata and stating how it was quantized.
 
     calibration_src: the same network exported at batch 1 (tensor names match), so a static batch-64 file is
     calibrated one image at a time instead of holding every activation of 64 images at once.
+    choose_float: (graph, ranges, first calibration batches) -> activation tensors to leave float (mixed precision).
     """
     model = onnx.load(str(src))
     calib = onnx.load(str(calibration_src)) if calibration_src else model
     images = 0
+    first: list[np.ndarray] = []
 
     def counted() -> Iterable[np.ndarray]:
         nonlocal images
         for batch in batches:
             images += len(batch)
+            if len(first) < SENSITIVITY_BATCHES:
+                first.append(batch)
             yield batch
 
     ranges = calibrate_ranges(calib, counted(), method)
-    q = quantize_qdq(model, ranges, quantize_head=quantize_head, layout=layout)
+    floats = choose_float(calib, ranges, first) if choose_float is not None else []
+    q = quantize_qdq(model, ranges, quantize_head=quantize_head, layout=layout, keep_float=floats)
     meta = {p.key: p.value for p in model.metadata_props}
     meta.update({"precision": "int8", "quantization": SCHEME, "quantization_layout": layout,
                  "quantized_head": str(quantize_head), "calibration_method": method,
                  "calibration_images": str(images), "opset": str(_opset(q)),
+                 "float_activations": ",".join(floats),
                  "quantized_from": Path(src).name,
                  "quantization_date": datetime.datetime.now().isoformat(timespec="seconds")})
     del q.metadata_props[:]
