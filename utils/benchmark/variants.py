@@ -46,6 +46,7 @@ FILE_DENSE_BELOW = 0.10
 # median best-class confidence of the cells a trained head passes on objectness (official yolov5n at 640: 0.96 on
 # bus.jpg, 0.98 on zidane.jpg)
 TOP_CLASS = 0.96
+CLASS_LOGIT_P95 = 8.0  # sigmoid 0.9997: confident, far from float32 saturation
 class NotApplicable(RuntimeError):
     """This variant cannot run on that engine (e.g. an ONNX file in PyTorch); the row is reported as n/a."""
 
@@ -180,13 +181,7 @@ def calibrate_head(model: nn.Module, x: torch.Tensor, candidates: int = 100, con
                         for r in raw], 1)  # (B, boxes, 5 + nc) before the sigmoid (scores saturate in float32)
     scale = 2.0 / float(logits[..., 4:].std().clamp_min(1e-12))  # a trained head's score logits spread ~O(1)
     obj = logits[..., 4] * scale
-    cls_shift = 0.0
-    if detect.no > 5:
-        best = logits[..., 5:].amax(-1) * scale
-        cls_shift = math.log(top_class / (1 - top_class)) - float(best.median())
-        cls = best + cls_shift
-    else:
-        cls = torch.full_like(obj, 50.0)
+    gain, shift, cls = _class_transform(logits[..., 5:] * scale, obj, candidates, top_class)
 
     def passing(delta: float) -> float:
         return float(((torch.sigmoid(obj + delta) * torch.sigmoid(cls)) > conf).sum(1).float().mean())
@@ -199,10 +194,28 @@ def calibrate_head(model: nn.Module, x: torch.Tensor, candidates: int = 100, con
         for conv in detect.m:
             conv.weight *= scale
             conv.bias *= scale
-            bias = conv.bias.view(detect.na, -1)
+            weight, bias = conv.weight.view(detect.na, detect.no, -1), conv.bias.view(detect.na, -1)
+            weight[:, 5:] *= gain
+            bias[:, 5:] *= gain
+            bias[:, 5:] += shift
             bias[:, 4] += (lo + hi) / 2
-            bias[:, 5:] += cls_shift
     return model
+
+
+def _class_transform(cls: torch.Tensor, obj: torch.Tensor, candidates: int,
+                     top_class: float) -> tuple[float, float, torch.Tensor]:
+    """(gain, shift, each cell's best class logit after them): among the cells objectness ranks first, the median best
+    class gets confidence `top_class` and the 95th percentile stays below saturation (float32 sigmoid is 1.0 from
+    ~17 on, where classes tie and engines break the tie differently)."""
+    if cls.shape[-1] == 0:  # no class scores: objectness alone
+        return 1.0, 0.0, torch.full_like(obj, 50.0)
+    best = cls.amax(-1)
+    first = best.gather(1, obj.topk(min(candidates, obj.shape[1]), dim=1).indices).flatten()
+    mid, p95 = float(first.median()), float(torch.quantile(first, 0.95))
+    target = math.log(top_class / (1 - top_class))
+    gain = min(1.0, (CLASS_LOGIT_P95 - target) / (p95 - mid)) if p95 > mid else 1.0
+    shift = target - mid * gain
+    return gain, shift, best * gain + shift
 
 
 def data_recalibration(files: list[str], size: int, images: int = 64) -> Callable[[nn.Module], nn.Module]:
