@@ -62,8 +62,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calib-method", choices=QDQ_METHODS, default=DEFAULT_METHOD,
                         help="how QDQ activation ranges are set from the calibration images")
     parser.add_argument("--int8-float", type=int, default=0, metavar="K",
-                        help="QDQ mixed precision: leave the K activation units whose INT8 error reaches the detections "
-                        "most (measured on 16 calibration images) in float; more accuracy, less speed")
+                        help="QDQ mixed precision: leave the K activation units whose INT8 error reaches the "
+                        "detections most (measured on 16 calibration images) in float; more accuracy, less speed")
     parser.add_argument("--allow-download-code", action="store_true",
                         help="let a dataset yaml's Python 'download:' snippet run when its images are missing")
     parser.add_argument("--uint8-input", action="store_true",
