@@ -79,9 +79,17 @@ CASES = [
 ]
 
 
+@pytest.fixture(params=["pairs", "rounds"])
+def suppression(request, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both exact NMS paths: settled on the same-group pair list (few pairs), or round by round (many)."""
+    if request.param == "rounds":
+        monkeypatch.setattr(nms_mod, "CLUSTER_PAIRS", -1)
+    return request.param
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("kwargs", CASES)
-def test_nms_matches_reference(seed: int, kwargs: dict) -> None:
+def test_nms_matches_reference(seed: int, kwargs: dict, suppression: str) -> None:
     pred = random_predictions(seed)
     got = non_max_suppression(pred, **kwargs)
     want = reference_nms(pred, **kwargs)
@@ -91,7 +99,7 @@ def test_nms_matches_reference(seed: int, kwargs: dict) -> None:
 
 
 @pytest.mark.parametrize("kwargs", [dict(conf_thres=0.05, iou_thres=0.3), dict(multi_label=True, conf_thres=0.1)])
-def test_nms_max_nms_cap_is_exact(monkeypatch: pytest.MonkeyPatch, kwargs: dict) -> None:
+def test_nms_max_nms_cap_is_exact(monkeypatch: pytest.MonkeyPatch, kwargs: dict, suppression: str) -> None:
     """A small MAX_NMS exercises the per-image candidate cap (best scores first, each image on its own)."""
     monkeypatch.setattr(nms_mod, "MAX_NMS", 250)
     pred = random_predictions(5, n=400, nc=3, bs=3)
@@ -101,7 +109,7 @@ def test_nms_max_nms_cap_is_exact(monkeypatch: pytest.MonkeyPatch, kwargs: dict)
 
 @pytest.mark.parametrize("kwargs", [dict(max_det=7, conf_thres=0.05), dict(multi_label=True, max_det=20, conf_thres=0.1),
                                     dict(agnostic=True, max_det=5, conf_thres=0.05)])
-def test_nms_max_det_pruning_is_exact(monkeypatch: pytest.MonkeyPatch, kwargs: dict) -> None:
+def test_nms_max_det_pruning_is_exact(monkeypatch: pytest.MonkeyPatch, kwargs: dict, suppression: str) -> None:
     """Boxes past an image's max_det-th kept box are dropped every round here: output must not change."""
     monkeypatch.setattr(nms_mod, "PRUNE_EVERY", 1)
     pred = random_predictions(6, n=400, nc=3, bs=3)
@@ -256,3 +264,18 @@ def test_numpy_candidates_equal_the_torch_path_on_real_outputs(yolov5n_pt, asset
     assert sum(len(d) for d in fast) > 0
     for a, b in zip(fast, slow):
         assert torch.equal(a, b.detach())
+
+
+def test_nms_pair_path_is_the_one_taken_for_few_candidates_and_agrees_with_rounds() -> None:
+    """A few hundred clustered candidates go through the pair list; its kept mask is the round-by-round one."""
+    pred = random_predictions(3, n=300, nc=2, bs=1)[0]
+    boxes = xywh2xyxy(pred[:, :4]).numpy()
+    order = np.argsort(-pred[:, 4].numpy(), kind="stable")
+    boxes, groups = boxes[order], (pred[order, 5] > 0.5).long().numpy()
+    images = np.zeros(len(boxes), np.int64)
+    pairs = nms_mod._group_pairs(groups)
+    assert pairs is not None and len(pairs[0]) == sum(k * (k - 1) // 2 for k in np.bincount(groups))
+    assert np.all(groups[pairs[0]] == groups[pairs[1]]) and np.all(pairs[0] < pairs[1])
+    rounds = nms_mod._greedy(boxes, groups, 0.45, images, None)
+    assert 0 < rounds.sum() < len(boxes) // 2  # clustered: suppression happens
+    assert np.array_equal(nms_mod._suppress(boxes, groups, 0.45, images, None), rounds)

@@ -11,6 +11,7 @@ from utils.raw_head import RawPrediction
 
 MAX_NMS = 30000  # boxes entering NMS per image, highest confidence first (Ultralytics max_nms)
 PRUNE_EVERY = 8  # NMS rounds between max_det cut-offs (each costs a pass over the kept boxes)
+CLUSTER_PAIRS = 65536  # same-group box pairs up to which NMS settles on the pair list (_cluster), not in rounds
 
 
 def _check_thresholds(conf_thres: float, iou_thres: float) -> None:
@@ -166,6 +167,46 @@ def _greedy(boxes: np.ndarray, groups: np.ndarray, iou_thres: float, images: np.
     return keep
 
 
+def _suppress(boxes: np.ndarray, groups: np.ndarray, iou_thres: float, images: np.ndarray,
+              max_keep: int | None) -> np.ndarray:
+    """Kept mask of exact greedy NMS (boxes sorted by image then score): from the list of overlapping same-group
+    pairs when there are few (a few hundred candidates: 0.12 vs 0.45 ms on bus.jpg), else round by round."""
+    pairs = _group_pairs(groups)
+    if pairs is None:
+        return _greedy(boxes, groups, iou_thres, images, max_keep)
+    return _cluster(boxes, *pairs, iou_thres)
+
+
+def _group_pairs(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Every (better, worse) index pair of boxes sharing a group, or None past CLUSTER_PAIRS."""
+    order = np.argsort(groups, kind="stable")  # group by group; inside a group, input (score) order
+    starts = _starts(groups[order])
+    sizes = np.diff(starts, append=len(groups))
+    if int((sizes * (sizes - 1) // 2).sum()) > CLUSTER_PAIRS:
+        return None
+    ends = np.repeat(starts + sizes, sizes)  # each sorted position's group end
+    later = ends - np.arange(len(groups)) - 1  # boxes after it in its group
+    first = np.repeat(np.arange(len(groups)), later)
+    offset = np.arange(len(first)) - np.repeat(np.cumsum(later) - later, later)
+    return order[first], order[first + 1 + offset]
+
+
+def _cluster(boxes: np.ndarray, better: np.ndarray, worse: np.ndarray, iou_thres: float) -> np.ndarray:
+    """Greedy NMS settled on a pair list (Cluster-NMS): a box is kept when no kept better box of its group overlaps
+    it. Iterating that rule from 'all kept' fixes boxes in score order and ends on greedy's exact answer, usually in
+    a few passes; IoUs come from _iou_rows, so every decision is the one _greedy takes."""
+    c = _corners_and_area(boxes)
+    hit = _iou_rows(c[:, better], c[:, worse]) > iou_thres
+    better, worse = better[hit], worse[hit]
+    keep = np.ones(len(boxes), dtype=bool)
+    while True:
+        new = np.ones(len(boxes), dtype=bool)
+        new[worse[keep[better]]] = False
+        if np.array_equal(new, keep):
+            return keep
+        keep = new
+
+
 def _cutoffs(keep: np.ndarray, images: np.ndarray, max_keep: int) -> np.ndarray:
     """Per image, the position of its max_keep-th kept box so far (len(keep) while it has fewer)."""
     kept = np.flatnonzero(keep)
@@ -190,7 +231,7 @@ def nms(
     order = scores.argsort(descending=True, stable=True)
     one_image = np.zeros(len(order), np.int64)
     np_groups = one_image if groups is None else groups[order].long().cpu().numpy()
-    keep = _greedy(boxes[order].detach().cpu().numpy(), np_groups, iou_thres, one_image, max_keep)
+    keep = _suppress(boxes[order].detach().cpu().numpy(), np_groups, iou_thres, one_image, max_keep)
     return order[torch.from_numpy(np.flatnonzero(keep)[:max_keep]).to(order.device)]
 
 
@@ -232,6 +273,6 @@ def _select(x: np.ndarray, img: np.ndarray, bs: int, nc: int, iou_thres: float, 
     if not capped.all():
         x, img = x[capped], img[capped]
     groups = img if agnostic else img * (nc + 1) + x[:, 5].astype(np.int64)
-    keep = _greedy(x[:, :4], groups, iou_thres, img, max_det)
+    keep = _suppress(x[:, :4], groups, iou_thres, img, max_det)
     counts = np.bincount(img[keep], minlength=bs)
     return [d[:max_det] for d in np.split(x[keep], np.cumsum(counts)[:-1])]
