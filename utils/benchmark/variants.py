@@ -47,6 +47,8 @@ FILE_DENSE_BELOW = 0.10
 # bus.jpg, 0.98 on zidane.jpg)
 TOP_CLASS = 0.96
 CLASS_LOGIT_P95 = 8.0  # sigmoid 0.9997: confident, far from float32 saturation
+
+
 class NotApplicable(RuntimeError):
     """This variant cannot run on that engine (e.g. an ONNX file in PyTorch); the row is reported as n/a."""
 

@@ -91,9 +91,8 @@ def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), im
     if head not in HEADS:
         raise ValueError(f"--head {head!r}: choose one of {', '.join(HEADS)}")
     pixels = pixel_layout(uint8_input, nhwc)
-    check_int8_options(int8, data, int8_format, dynamic, int8_float)
-    job = _load(weights, imgsz, batch_size, dynamic, device, prune, int8, data, calib_images, int8_format,
-                verify_images, log)
+    check_int8_options(int8, data, int8_format, dynamic, int8_float)  # before anything is loaded or written
+    job = _load(weights, imgsz, batch_size, dynamic, device, prune, data, calib_images, verify_images, log)
     if "ultralytics" in include:
         check_ultralytics(job.model)  # refuse (QAT, foreign layers) before anything is written
         if not int8 and not {"onnx", "openvino"} & set(include):
@@ -116,10 +115,9 @@ def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), im
 
 
 def _load(weights: str | Path, imgsz: int | tuple[int, int], batch_size: int, dynamic: bool, device: str,
-          prune: Callable[[nn.Module], str] | None, int8: bool, data: str | dict | None, calib_images: int,
-          int8_format: str, verify_images: int, log: Callable[[str], None]) -> Export:
-    """Check the options, read the calibration images and the checkpoint, prune if asked: nothing written yet."""
-    check_int8_options(int8, data, int8_format, dynamic)
+          prune: Callable[[nn.Module], str] | None, data: str | dict | None, calib_images: int,
+          verify_images: int, log: Callable[[str], None]) -> Export:
+    """Read the calibration images and the checkpoint, prune if asked: nothing written yet."""
     images = calibration_images(data, max(calib_images, verify_images)) if data else []
     weights = Path(weights)
     model = load_model(str(weights), device=device, fuse=False)

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import onnx
 
+from utils.engines.onnxruntime_engine import import_onnxruntime, session_options
+
 from .qdq import DEFAULT_LAYOUT, _chosen_tensors, _producers, _with_outputs, head_convs, quantize_qdq
 
 
@@ -32,19 +34,12 @@ def silu_units(model: onnx.ModelProto, tensors: Sequence[str]) -> list[list[str]
     return list(units.values())
 
 
-def _session(model: onnx.ModelProto, threads: int | None):
-    import onnxruntime as ort  # the engine layer's dependency; export without --int8 never needs it
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
 def _head_probs(model: onnx.ModelProto, batches: Sequence[np.ndarray], threads: int | None) -> list[np.ndarray]:
     """Sigmoid of every head conv output for every batch: the space Detect decodes boxes and scores from."""
     heads = [n.output[0] for n in head_convs(model)]
-    sess = _session(_with_outputs(model, heads), threads)
+    ort = import_onnxruntime()
+    sess = ort.InferenceSession(_with_outputs(model, heads).SerializeToString(), session_options(threads),
+                                providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     out = []
     for b in batches:
