@@ -170,7 +170,7 @@ def _greedy(boxes: np.ndarray, groups: np.ndarray, iou_thres: float, images: np.
 def _suppress(boxes: np.ndarray, groups: np.ndarray, iou_thres: float, images: np.ndarray,
               max_keep: int | None) -> np.ndarray:
     """Kept mask of exact greedy NMS (boxes sorted by image then score): from the list of overlapping same-group
-    pairs when there are few (a few hundred candidates: 0.12 vs 0.45 ms on bus.jpg), else round by round.
+    pairs when there are few (yolov5s on bus.jpg, 183 candidates: post 0.85 -> 0.57 ms), else round by round.
     max_keep only lets the round-by-round path drop boxes early; callers cut the kept boxes to it either way."""
     pairs = _group_pairs(groups)
     if pairs is None:
