@@ -58,7 +58,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                         help="dataset yaml: --int8 calibration images, and the images export checks the file on")
     parser.add_argument("--calib-images", type=int, default=128, help="--int8 calibration images (train split)")
     parser.add_argument("--int8-format", choices=INT8_FORMATS, default="qdq",
-                        help="qdq (every engine) or convinteger (SparseML's form, fastest on DeepSparse)")
+                        help="qdq: Q/DQ on every activation (every engine; ONNX Runtime's fastest), qdq-inputs: only "
+                        "on what the convs read (OpenVINO's fastest and most accurate), convinteger: SparseML's form "
+                        "(DeepSparse's fastest)")
     parser.add_argument("--calib-method", choices=QDQ_METHODS, default=DEFAULT_METHOD,
                         help="how QDQ activation ranges are set from the calibration images")
     parser.add_argument("--int8-float", type=int, default=0, metavar="K",

@@ -99,7 +99,7 @@ def _int8_pair(tmp_path, yolov5n_pt, fmt: str) -> dict:
     return out
 
 
-@pytest.mark.parametrize("fmt", ["qdq", "convinteger"])
+@pytest.mark.parametrize("fmt", ["qdq", "qdq-inputs", "convinteger"])
 def test_int8_frames_are_bit_identical(tmp_path, yolov5n_pt, bus_jpg, fmt):
     """Both INT8 forms, both pixel layouts: uint8 pixels replace the input's quantizer (scale 1/255, zero point 0)
     with no change at all."""

@@ -37,7 +37,7 @@ from utils.sparsity.oneshot import bn_recalibrate
 from utils.sparsity.ptq import calibration_batches
 
 # Exporter(model, file, imgsz, batch_size, fmt) -> path of an ONNX file; fmt is the INT8 form the engine runs best
-# ('qdq' or 'convinteger', utils.export.int8.int8_format_for) or 'fp32'.
+# ('qdq', 'qdq-inputs' or 'convinteger', utils.export.int8.int8_format_for) or 'fp32'.
 Int8Exporter = Callable[[nn.Module, Path, tuple[int, int], int, str], Path]
 # Post-training INT8 (utils.export.int8.sample_int8_exporter) by default; another can be plugged in with
 # register_int8_exporter.

@@ -40,7 +40,10 @@ from onnx import TensorProto, helper, numpy_helper
 from utils.augmentations import letterbox, to_blob
 
 OPSET = 13
-LAYOUTS = ("conv", "silu", "all")
+# where Q/DQ pairs go: "all" (every activation: ONNX Runtime fuses QLinearConv, QLinearSigmoid, QLinearMul),
+# "inputs" (only what the convs read, as NNCF places FakeQuantize: OpenVINO fuses the float SiLU into its INT8 convs),
+# "conv" and "silu" (in between, kept for measurements)
+LAYOUTS = ("conv", "silu", "all", "inputs")
 DEFAULT_LAYOUT = "all"
 DEFAULT_METHOD = "percentile"
 METHODS = ("minmax", "percentile", "entropy", "mse")
@@ -315,6 +318,8 @@ def _chosen_tensors(model: onnx.ModelProto, layout: str, quantize_head: bool) ->
         op = node.op_type if node is not None else "input"
         if t in heads:
             take = quantize_head  # a fused head QLinearConv needs its output quantized
+        elif layout == "inputs":
+            take = t in conv_inputs
         elif layout == "conv":
             take = t in conv_inputs or op == "Conv"
         elif layout == "silu":
