@@ -17,7 +17,7 @@ from utils.files import increment_path
 from utils.labels import is_writable_dir
 
 from .head import HEADS, model_head, strip_decode
-from .int8 import INT8_FORMATS, QDQ_LAYOUTS, calibration_images, export_convinteger, export_qdq
+from .int8 import INT8_FORMATS, QDQ_FORMS, calibration_images, export_convinteger, export_qdq
 from .metadata import checkpoint_recipe, export_metadata, model_sparsity
 from .openvino import export_openvino
 from .pixels import LAYOUT_KEY, NHWC_BGR, pixel_input, pixel_layout
@@ -131,7 +131,7 @@ def _load(weights: str | Path, imgsz: int | tuple[int, int], batch_size: int, dy
 def _write_onnx(job: Export, int8_format: str, dynamic: bool, opset: int, simplify: bool) -> None:
     """The main file: float, or a QAT model's own INT8 (QDQ, or SparseML's ConvInteger form for DeepSparse)."""
     target = output_path(job.weights.with_name(f"{job.weights.stem}{job.tag}{job.weights.suffix}"), log=job.log)
-    if is_qat(job.model) and int8_format in QDQ_LAYOUTS:  # learned scales and placement, as every engine runs INT8
+    if is_qat(job.model) and int8_format in QDQ_FORMS:  # learned scales and placement, as every engine runs INT8
         onnx_file = export_qat_qdq(job.model, target, job.hw, job.batch_size, job.meta)
     else:
         onnx_file = export_onnx(prepare_model(job.model), target, job.hw, job.batch_size, dynamic, opset, job.meta,
@@ -149,18 +149,18 @@ def _write_int8(job: Export, int8_format: str, calib_images: int, calib_method: 
     onnx_file = job.files[0]
     int8_file = onnx_file.with_name(f"{onnx_file.stem}_int8.onnx")
     calib = job.images[:calib_images]
-    if int8_format in QDQ_LAYOUTS:
+    if int8_format in QDQ_FORMS:
         one = export_onnx(prepare_model(job.model), int8_file.with_name(f".{int8_file.stem}_b1.onnx"), job.hw, 1) \
             if job.batch_size > 1 else None  # calibrate image by image on the batch-1 twin
         export_qdq(onnx_file, int8_file, calib, job.hw[0], job.batch_size, calib_method, one, float_units,
-                   QDQ_LAYOUTS[int8_format])
+                   int8_format)
         if one is not None:
             one.unlink()
     else:
         export_convinteger(job.model, int8_file, job.hw, job.batch_size, job.meta, [cv2.imread(f) for f in calib])
     job.files.append(int8_file)
-    how = f"{int8_format}, {calib_method if int8_format in QDQ_LAYOUTS else 'SparseML observers'}"
-    if float_units and int8_format in QDQ_LAYOUTS:
+    how = f"{int8_format}, {calib_method if int8_format in QDQ_FORMS else 'SparseML observers'}"
+    if float_units and int8_format in QDQ_FORMS:
         how += f", {float_units} most sensitive activation units float"
     job.log(f"export: wrote {int8_file} ({describe(int8_file)}; {how}, calibrated on {len(calib)} images of "
             f"{dataset_name(data)})")
@@ -230,9 +230,9 @@ def check_int8_options(int8: bool, data: str | dict | None, int8_format: str, dy
     """One line for an --int8 request that cannot work, before anything is loaded or written."""
     if int8_format not in INT8_FORMATS:
         raise ValueError(f"--int8-format {int8_format!r}: choose one of {', '.join(INT8_FORMATS)}")
-    if int8_float < 0 or (int8_float and (not int8 or int8_format not in QDQ_LAYOUTS)):
+    if int8_float < 0 or (int8_float and (not int8 or int8_format not in QDQ_FORMS)):
         raise ValueError(f"--int8-float {int8_float}: a count >= 0 of activation units left float, for --int8 with "
-                         f"--int8-format {' or '.join(QDQ_LAYOUTS)}")
+                         f"--int8-format {' or '.join(QDQ_FORMS)}")
     if int8 and not data:
         raise ValueError("--int8 calibrates on your images: pass --data your_dataset.yaml (its train images are used)")
     if int8 and dynamic:

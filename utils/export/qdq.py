@@ -316,10 +316,10 @@ def _chosen_tensors(model: onnx.ModelProto, layout: str, quantize_head: bool) ->
     for t in activation_tensors(model):
         node = prod.get(t)
         op = node.op_type if node is not None else "input"
-        if t in heads:
-            take = quantize_head  # a fused head QLinearConv needs its output quantized
-        elif layout == "inputs":
+        if layout == "inputs":  # a head conv's output never: quantize_head only quantizes its weights
             take = t in conv_inputs
+        elif t in heads:
+            take = quantize_head  # a fused head QLinearConv needs its output quantized
         elif layout == "conv":
             take = t in conv_inputs or op == "Conv"
         elif layout == "silu":
