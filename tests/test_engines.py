@@ -122,6 +122,20 @@ def test_openvino_onnx_and_ir_agree_with_onnxruntime(onnx_static, bus_batch, tmp
     assert close(ov_ir(bus_batch), ort)
 
 
+@pytest.mark.native_engines
+def test_openvino_outputs_belong_to_the_caller(onnx_static, onnx_dynamic, bus_batch):
+    """OpenVINO writes straight into fresh arrays (no copy out of its buffers): a result kept across the next call
+    stays as it was, and dynamic output shapes (copied) give the same values."""
+    eng = load_engine(onnx_static, engine="openvino", num_threads=1)
+    first = eng(bus_batch)
+    kept = first.copy()
+    second = eng(np.zeros_like(bus_batch))
+    assert second is not first and np.array_equal(first, kept) and not np.array_equal(second, kept)
+    assert np.array_equal(eng(bus_batch), kept)
+    dyn = load_engine(onnx_dynamic, engine="openvino", num_threads=1)
+    assert close(dyn(bus_batch), kept)
+
+
 def test_fixed_size_mismatch_says_how_to_fix(onnx_static):
     with pytest.raises(ValueError, match="--dynamic"):
         load_engine(onnx_static)(np.zeros((1, 3, 192, 192), np.float32))

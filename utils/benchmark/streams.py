@@ -14,7 +14,7 @@ import numpy as np
 from utils.engines import ASYNC_ENGINES, engine_name  # noqa: F401  (ASYNC_ENGINES re-exported for suite)
 from utils.engines.base import Engine
 from utils.engines.deepsparse_engine import DeepSparseEngine, import_deepsparse, static_onnx
-from utils.engines.openvino_engine import OpenVinoEngine, import_openvino, output_copies
+from utils.engines.openvino_engine import OpenVinoEngine, import_openvino, infer_fresh
 
 
 class NoAsync(RuntimeError):
@@ -74,8 +74,9 @@ class OpenVinoStreams(OpenVinoEngine):
         req = getattr(self._local, "request", None)
         if req is None:  # infer requests are not thread-safe: one per stream thread
             req = self._local.request = self.compiled.create_infer_request()
-        req.infer({0: batch})
-        return output_copies(req, len(self.compiled.outputs) if self.raw_head is not None else 1)
+        n = len(self.compiled.outputs) if self.raw_head is not None else 1
+        self._local.held = infer_fresh(req, batch, self.compiled.outputs[:n])  # the request writes into these
+        return self._local.held
 
     def info(self) -> dict:
         return {**super().info(), "hint": "THROUGHPUT", "num_streams": self.num_streams}
