@@ -5,7 +5,7 @@ from pathlib import Path
 
 from tests.conftest import ROOT
 from tests.test_val import coco128_yaml
-from tools import channel_allocations, head_stem, input_layout, ort_spinning, time_oneshot
+from tools import channel_allocations, head_stem, input_layout, ort_spinning, qdq_layouts, time_oneshot
 
 YOLOV5N = str(ROOT / "models/yolov5n.yaml")
 TIMES = ("e2e_ms", "pre_ms", "engine_ms", "post_ms")
@@ -94,4 +94,13 @@ def test_input_layout_times_three_layouts_with_the_same_detections(tmp_path: Pat
         assert all(r["same_detections"].values()), r["same_detections"]
         for layout in input_layout.LAYOUTS:
             assert_times(r["times"][layout])
+    assert (tmp_path / "results.json").is_file()
+
+
+def test_qdq_layouts_writes_each_placement_and_reads_the_fused_kernels(tmp_path: Path, yolov5n_pt: Path) -> None:
+    """ONNX Runtime fuses QLinearConv for Q/DQ on every activation, none for conv inputs only (the tool's point)."""
+    (row,) = qdq_layouts.run(weights=str(yolov5n_pt), layouts=("all", "inputs+head"), engines=("onnxruntime",),
+                             imgsz=128, calib_images=2, runs=1, warmup=0, save_dir=str(tmp_path))
+    assert set(row["ms"]) == {"fp32", "all", "inputs+head"} and all(v > 0 for v in row["ms"].values())
+    assert row["int8_kernels"]["all"].startswith("57/60") and row["int8_kernels"]["inputs+head"].startswith("0/60")
     assert (tmp_path / "results.json").is_file()
