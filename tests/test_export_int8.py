@@ -102,3 +102,28 @@ def test_openvino_runs_the_qdq_convs_in_u8(exported) -> None:
     fp32, int8 = exported[0]
     assert load_engine(int8, "openvino", imgsz=160).int8_kernels() == "57/60 conv INT8 (f32 3, u8 57)"
     assert load_engine(fp32, "openvino", imgsz=160).int8_kernels().startswith("0/60 conv INT8")
+
+
+@pytest.mark.native_engines
+def test_qdq_inputs_format_runs_every_conv_in_u8_on_openvino(tmp_path: Path, yolov5n_pt: Path,
+                                                            coco128_dir: Path) -> None:
+    """--int8-format qdq-inputs --include openvino: the IR runs all 60 convs in u8 (Detect's too), the metadata says
+    where the Q/DQ pairs are, and the default qdq form's IR gets a one-line hint towards it."""
+    from utils.engines import load_engine
+    from utils.export import export_weights
+
+    data = coco128_yaml(tmp_path, coco128_dir)
+    for fmt in ("qdq-inputs", "qdq"):
+        weights = tmp_path / fmt / "yolov5n.pt"
+        weights.parent.mkdir()
+        shutil.copy(yolov5n_pt, weights)
+        lines: list[str] = []
+        res = export_weights(weights, ("onnx", "openvino"), imgsz=160, int8=True, data=str(data), calib_images=4,
+                             int8_format=fmt, verify=False, log=lines.append)
+        int8_ir = next(f for f in res["files"] if f.name == "yolov5n_int8_openvino_model")
+        hint = any("--int8-format qdq-inputs" in line for line in lines)
+        if fmt == "qdq-inputs":
+            assert read_onnx_metadata(weights.with_name("yolov5n_int8.onnx"))["quantization_layout"] == "inputs"
+            assert load_engine(int8_ir, imgsz=160).int8_kernels() == "60/60 conv INT8 (u8 60)" and not hint
+        else:
+            assert hint
