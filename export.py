@@ -53,7 +53,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
     parser.add_argument("--int8", action="store_true",
                         help="also write <stem>_int8.onnx: post-training INT8 calibrated on --data images (QDQ: ONNX "
-                        "Runtime, OpenVINO, OpenCV; a QAT checkpoint exports as INT8 already)")
+                        "Runtime and OpenVINO run it as INT8, OpenCV loads it; a QAT checkpoint exports as INT8 "
+                        "already)")
     parser.add_argument("--data", type=str, default=None,
                         help="dataset yaml: --int8 calibration images, and the images export checks the file on")
     parser.add_argument("--calib-images", type=int, default=128, help="--int8 calibration images (train split)")

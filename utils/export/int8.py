@@ -24,8 +24,9 @@ from .qdq import DEFAULT_LAYOUT, DEFAULT_METHOD, image_batches, quantize_onnx_fi
 from .sensitivity import most_sensitive
 from .trace import export_onnx
 
-# qdq: Q/DQ on every activation, ONNX Runtime's fastest (OpenCV too); qdq-inputs: Q/DQ only on what the convs read,
-# OpenVINO's fastest and most accurate; convinteger: SparseML's form, DeepSparse's fastest
+# qdq: Q/DQ on every activation, ONNX Runtime's fastest; qdq-inputs: Q/DQ only on what the convs read, OpenVINO's
+# fastest and most accurate (OpenCV DNN loads both, but runs them as float); convinteger: SparseML's form,
+# DeepSparse's fastest
 INT8_FORMATS = ("qdq", "qdq-inputs", "convinteger")
 # QDQ format -> (utils.export.qdq layout, quantize Detect's output convs): with Q/DQ on inputs only, a head conv's
 # output stays float, so its weights go INT8 too (OpenVINO yolov5s 640: 12% faster, coco128 mAP50-95 -0.003)

@@ -3,7 +3,8 @@
 SparseML's converter writes QAT models as ConvInteger (our `export_qat_int8`) or QLinearConv (older SparseML, e.g.
 third-party files). Only DeepSparse runs those fast: ONNX Runtime and OpenVINO run ConvInteger slower than FP32 and
 OpenCV DNN cannot load it. The portable form is QDQ: DequantizeLinear -> float Conv -> QuantizeLinear, which ONNX
-Runtime fuses back into QLinearConv (x86: uint8 activations, int8 weights), OpenVINO runs as INT8 and OpenCV reads.
+Runtime fuses back into QLinearConv (x86: uint8 activations, int8 weights), OpenVINO runs as INT8 and OpenCV reads
+(as float fake-quant).
 
 `qdq_from_quantized` is a local rewrite of each quantized conv; it keeps the scales and zero points learned in
 training (no calibration) and every other node as exported (SiLU, Detect decode). What the converters write:

@@ -2,7 +2,7 @@
 
 Why: SparseML's ConvInteger files only run fast on DeepSparse (ONNX Runtime and OpenVINO run them slower than FP32,
 OpenCV DNN cannot load them). QDQ is the portable form: ONNX Runtime fuses DQ->Conv->Q into QLinearConv (uint8
-activations on x86), OpenVINO turns it into INT8 kernels, OpenCV DNN reads it too.
+activations on x86), OpenVINO turns it into INT8 kernels, OpenCV DNN reads it (and runs it as float fake-quant).
 
 Scheme: activations uint8 asymmetric per tensor, Conv weights int8 symmetric per output channel (axis 0), Conv bias
 int32 with scale input_scale * weight_scale and zero point 0, opset 13. Detect's decode (everything after its output
