@@ -27,13 +27,13 @@ def test_graph_takes_frames_and_absorbs_bgr_in_the_first_conv(files):
     inp = proto.graph.input[0]
     assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert [d.dim_value for d in inp.type.tensor_type.shape.dim] == [1, 320, 320, 3]
-    assert [n.op_type for n in proto.graph.node[:3]] == ["Transpose", "Cast", "Mul"]
+    assert [n.op_type for n in proto.graph.node[:3]] == ["Transpose", "Cast", "Conv"]  # /255 in the conv's weights
     assert "Gather" not in {n.op_type for n in proto.graph.node[:4]}  # the flip went into the weights
     assert read_onnx_metadata(files["nhwc"])["input_layout"] == "NHWC BGR"
     first = next(n for n in ref.graph.node if n.op_type == "Conv").input[1]
     w = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}[first]
     w0 = {t.name: numpy_helper.to_array(t) for t in ref.graph.initializer}[first]
-    np.testing.assert_array_equal(w, w0[:, ::-1])
+    np.testing.assert_array_equal(w, w0[:, ::-1] * np.float32(1 / 255.0))
 
 
 def test_letterbox_hwc_equals_letterbox(bus_jpg, assets):
