@@ -60,7 +60,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calib-images", type=int, default=128, help="--int8 calibration images (train split)")
     parser.add_argument("--int8-format", choices=INT8_FORMATS, default="qdq",
                         help="qdq: Q/DQ on every activation (every engine; ONNX Runtime's fastest), qdq-inputs: only "
-                        "on what the convs read (OpenVINO's fastest and most accurate), convinteger: SparseML's form "
+                        "on what the convs read (OpenVINO's fastest and most accurate), qoperator: qdq as QLinearConv "
+                        "etc. (what OpenCV DNN runs as INT8; ONNX Runtime too), convinteger: SparseML's form "
                         "(DeepSparse's fastest)")
     parser.add_argument("--calib-method", choices=QDQ_METHODS, default=DEFAULT_METHOD,
                         help="how QDQ activation ranges are set from the calibration images")
@@ -100,7 +101,7 @@ def run(weights: str = "yolov5n.pt", imgsz: list[int] | int = (640,), batch_size
         raise SystemExit(f"export: weights file {weights} not found; pass --weights path/to/model.pt")
     sizes = [imgsz] if isinstance(imgsz, int) else list(imgsz)
     hw = (sizes[0], sizes[-1])
-    check_int8_options(int8, data, int8_format, dynamic, int8_float)
+    check_int8_options(int8, data, int8_format, dynamic, int8_float, include)
     data_dict = check_dataset(data, allow_code=allow_download_code) if data else None
     return export_weights(weights, include, hw, batch_size, dynamic, opset, simplify, device, prune=prune,
                           verify_strict=verify_strict, int8=int8, data=data_dict, calib_images=calib_images,

@@ -21,16 +21,17 @@ from .metadata import export_metadata, model_sparsity
 from .prepare import prepare_model
 from .qat_qdq import export_qat_qdq
 from .qdq import DEFAULT_LAYOUT, DEFAULT_METHOD, image_batches, quantize_onnx_file
+from .qoperator import to_qoperator
 from .sensitivity import most_sensitive
 from .trace import export_onnx
 
 # qdq: Q/DQ on every activation, ONNX Runtime's fastest; qdq-inputs: Q/DQ only on what the convs read, OpenVINO's
-# fastest and most accurate (OpenCV DNN loads both, but runs them as float); convinteger: SparseML's form,
-# DeepSparse's fastest
-INT8_FORMATS = ("qdq", "qdq-inputs", "convinteger")
+# fastest and most accurate (OpenCV DNN loads both, but runs them as float); qoperator: qdq rewritten as QLinearConv
+# etc., what OpenCV runs as INT8 (ONNX Runtime too); convinteger: SparseML's form, DeepSparse's fastest
+INT8_FORMATS = ("qdq", "qdq-inputs", "qoperator", "convinteger")
 # QDQ format -> (utils.export.qdq layout, quantize Detect's output convs): with Q/DQ on inputs only, a head conv's
 # output stays float, so its weights go INT8 too (OpenVINO yolov5s 640: 12% faster, coco128 mAP50-95 -0.003)
-QDQ_FORMS = {"qdq": (DEFAULT_LAYOUT, False), "qdq-inputs": ("inputs", True)}
+QDQ_FORMS = {"qdq": (DEFAULT_LAYOUT, False), "qdq-inputs": ("inputs", True), "qoperator": (DEFAULT_LAYOUT, False)}
 FASTEST_FORMAT = {"deepsparse": "convinteger", "openvino": "qdq-inputs"}
 
 
@@ -55,7 +56,7 @@ def export_qdq(fp32_file: Path, out: Path, images: list[str], imgsz: int, batch_
 
     A static batch > 1 needs `calibration_file` (the same model at batch 1): calibration then runs image by image.
     float_units: leave that many of the activations whose INT8 error reaches the detections most in float.
-    fmt: where the Q/DQ pairs go (QDQ_FORMS).
+    fmt: where the Q/DQ pairs go (QDQ_FORMS); qoperator then rewrites them as QLinearConv etc. (OpenCV's INT8).
     """
     layout, quantize_head = QDQ_FORMS[fmt]
     if batch_size > 1 and calibration_file is None:
@@ -64,6 +65,8 @@ def export_qdq(fp32_file: Path, out: Path, images: list[str], imgsz: int, batch_
         quantize_onnx_file(fp32_file, tmp, image_batches(images, imgsz, 1), method=method,
                            quantize_head=quantize_head, layout=layout, calibration_src=calibration_file,
                            choose_float=most_sensitive(float_units, layout, quantize_head) if float_units > 0 else None)
+        if fmt == "qoperator":
+            to_qoperator(tmp, tmp)
     return out
 
 

@@ -23,6 +23,7 @@ from .openvino import export_openvino
 from .pixels import LAYOUT_KEY, NHWC_BGR, pixel_input, pixel_layout
 from .prepare import is_qat, prepare_model
 from .qat_qdq import export_qat_qdq
+from .qoperator import to_qoperator
 from .qdq import DEFAULT_METHOD
 from .report import format_sizes, onnx_conv_sparsity, onnx_precision, size_table
 from .trace import DEFAULT_OPSET, export_onnx
@@ -91,7 +92,7 @@ def export_weights(weights: str | Path, include: tuple[str, ...] = ("onnx",), im
     if head not in HEADS:
         raise ValueError(f"--head {head!r}: choose one of {', '.join(HEADS)}")
     pixels = pixel_layout(uint8_input, nhwc)
-    check_int8_options(int8, data, int8_format, dynamic, int8_float)  # before anything is loaded or written
+    check_int8_options(int8, data, int8_format, dynamic, int8_float, include)  # before anything is loaded or written
     job = _load(weights, imgsz, batch_size, dynamic, device, prune, data, calib_images, verify_images, log)
     if "ultralytics" in include:
         check_ultralytics(job.model)  # refuse (QAT, foreign layers) before anything is written
@@ -133,6 +134,8 @@ def _write_onnx(job: Export, int8_format: str, dynamic: bool, opset: int, simpli
     target = output_path(job.weights.with_name(f"{job.weights.stem}{job.tag}{job.weights.suffix}"), log=job.log)
     if is_qat(job.model) and int8_format in QDQ_FORMS:  # learned scales and placement, as every engine runs INT8
         onnx_file = export_qat_qdq(job.model, target, job.hw, job.batch_size, job.meta)
+        if int8_format == "qoperator":
+            to_qoperator(onnx_file, onnx_file)
     else:
         onnx_file = export_onnx(prepare_model(job.model), target, job.hw, job.batch_size, dynamic, opset, job.meta,
                                 simplify)
@@ -229,10 +232,13 @@ def dataset_name(data: str | dict | None) -> str:
 
 
 def check_int8_options(int8: bool, data: str | dict | None, int8_format: str, dynamic: bool,
-                       int8_float: int = 0) -> None:
+                       int8_float: int = 0, include: tuple[str, ...] = ()) -> None:
     """One line for an --int8 request that cannot work, before anything is loaded or written."""
     if int8_format not in INT8_FORMATS:
         raise ValueError(f"--int8-format {int8_format!r}: choose one of {', '.join(INT8_FORMATS)}")
+    if int8_format == "qoperator" and "openvino" in include:
+        raise ValueError("--int8-format qoperator is for OpenCV DNN and ONNX Runtime; OpenVINO does not read its "
+                         "com.microsoft ops: drop --include openvino or use --int8-format qdq-inputs")
     if int8_float < 0 or (int8_float and (not int8 or int8_format not in QDQ_FORMS)):
         raise ValueError(f"--int8-float {int8_float}: a count >= 0 of activation units left float, for --int8 with "
                          f"--int8-format {' or '.join(QDQ_FORMS)}")
