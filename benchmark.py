@@ -29,7 +29,7 @@ import utils  # noqa: E402,F401  (sets NM_DISABLE_ANALYTICS before any Neural Ma
 import utils.sparsity.rebuild  # noqa: E402,F401  (registers sparse/QAT/channel checkpoint rebuilds)
 from utils.assets import assets_dir  # noqa: E402
 from utils.augmentations import check_img_size  # noqa: E402
-from utils.engines import ENGINES  # noqa: E402
+from utils.engines import BENCHMARKED, ENGINES  # noqa: E402
 from utils.sparsity.methods import DATA_FREE  # noqa: E402
 from utils.benchmark.cli import build_variants, method_text, validate  # noqa: E402
 from utils.benchmark.machine import format_machine, machine_report  # noqa: E402
@@ -58,7 +58,7 @@ def run(weights: list[str] | None = None, cfg: str | None = None, engines: list[
         nhwc: bool = False) -> dict[str, Any]:
     """Time every (batch size, variant, engine, scenario); returns the report dict (also saved as results.json)."""
     check_options(threads=num_cores)
-    engines, scenario = validate(engines or list(ENGINES), batch_size, sparsity, scenario, warmup, iterations, time_s)
+    engines, scenario = validate(engines or BENCHMARKED, batch_size, sparsity, scenario, warmup, iterations, time_s)
     hw = check_img_size([imgsz[0], imgsz[-1]] if isinstance(imgsz, (list, tuple)) else [imgsz, imgsz], s=32)
     settings = Settings(tuple(hw), warmup, iterations, time_s, num_cores, num_streams, conf_thres, iou_thres,
                         max_det, openvino_precision, device, head, pixel_layout(uint8_input and not nhwc, nhwc))
@@ -93,7 +93,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", nargs="+", default=None,
                    help=".pt / .onnx / OpenVINO IR files (default: shared yolov5n.pt unless --cfg is given)")
     p.add_argument("--cfg", type=str, default=None, help="model yaml to build variants from (random weights)")
-    p.add_argument("--engines", "--engine", nargs="+", default=list(ENGINES), help=f"any of {' '.join(ENGINES)}")
+    p.add_argument("--engines", "--engine", nargs="+", default=list(BENCHMARKED),
+                   help=f"any of {' '.join(ENGINES)} (default: {' '.join(BENCHMARKED)})")
     p.add_argument("--batch-size", nargs="+", type=int, default=[1], help="batch sizes: 1 = latency, 64 = throughput")
     p.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640], help="inference size h [w]")
     p.add_argument("--sparsity", nargs="+", type=float, default=None,

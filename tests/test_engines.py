@@ -136,6 +136,14 @@ def test_openvino_outputs_belong_to_the_caller(onnx_static, onnx_dynamic, bus_ba
     assert close(dyn(bus_batch), kept)
 
 
+def test_opencv_agrees_with_onnxruntime(onnx_static, bus_batch, torch_pred):
+    eng = load_engine(onnx_static, engine="opencv")
+    assert eng.names == NAMES and eng.imgsz == (IMGSZ, IMGSZ)
+    assert eng.int8_kernels() == "0/60 conv INT8 (ConvolutionInt8)"
+    assert close(eng(bus_batch), load_engine(onnx_static)(bus_batch)) and close(eng(bus_batch), torch_pred)
+    assert engine_name(onnx_static, "cv2") == "opencv" and engine_name(onnx_static) == "onnxruntime"
+
+
 def test_fixed_size_mismatch_says_how_to_fix(onnx_static):
     with pytest.raises(ValueError, match="--dynamic"):
         load_engine(onnx_static)(np.zeros((1, 3, 192, 192), np.float32))

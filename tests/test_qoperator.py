@@ -65,3 +65,16 @@ def test_qoperator_refuses_openvino_and_non_fusable_files(tmp_path: Path, export
                        int8_format="qoperator")
     with pytest.raises(ValueError, match="fused no conv"):
         to_qoperator(fp32, tmp_path / "float.onnx")  # a float file has nothing to fuse
+
+
+def test_opencv_engine_runs_it_end_to_end(exported, bus_jpg: Path) -> None:
+    """detect/val/benchmark's `--engine opencv` on the QOperator file: INT8 convs, ONNX Runtime's detections."""
+    from utils.engines import load_engine
+    from utils.predict import Predictor
+
+    _, int8 = exported
+    cv_engine, ort_engine = load_engine(int8, "opencv"), load_engine(int8, "onnxruntime")
+    assert cv_engine.int8_kernels() == "57/60 conv INT8 (ConvolutionInt8)"
+    im = cv2.imread(str(bus_jpg))
+    got, ref = Predictor(cv_engine, cv_engine.imgsz)([im])[0], Predictor(ort_engine, ort_engine.imgsz)([im])[0]
+    assert len(ref) >= 3 and got.shape == ref.shape and np.abs(got - ref).max() < 1e-2

@@ -18,6 +18,7 @@ from torch import nn
 from .base import Engine, EngineUnavailable
 from .deepsparse_engine import DeepSparseEngine
 from .onnxruntime_engine import OnnxRuntimeEngine
+from .opencv_engine import OpenCVEngine
 from .openvino_engine import OpenVinoEngine
 from .torch_engine import TorchEngine
 
@@ -33,6 +34,7 @@ class EngineSpec:
     package: str  # pip distribution, reported by benchmark.py's machine section
     async_api: bool  # a multi-stream scheduler benchmark.py's async scenario can use
     color: str  # one colour per engine in every plot
+    benchmarked: bool = True  # in benchmark.py's default --engines (OpenCV: on request; 5x slower than ORT here)
 
 
 # The one engine registry: adding an engine is one row here plus its own module.
@@ -42,12 +44,15 @@ ENGINES: dict[str, EngineSpec] = {
     "deepsparse": EngineSpec(DeepSparseEngine, ("ds",), "ONNX", (".onnx",), "deepsparse", True, "#e4572e"),
     "openvino": EngineSpec(OpenVinoEngine, ("ov",), "ONNX or OpenVINO IR", (".onnx", ".xml", "/"), "openvino", True,
                            "#55a868"),
+    "opencv": EngineSpec(OpenCVEngine, ("cv2", "dnn"), "ONNX", (".onnx",), "opencv-python-headless", False,
+                         "#8172b2", benchmarked=False),
 }
+BENCHMARKED = [name for name, spec in ENGINES.items() if spec.benchmarked]
 ALIASES = {alias: name for name, spec in ENGINES.items() for alias in spec.aliases}
 ASYNC_ENGINES = tuple(name for name, spec in ENGINES.items() if spec.async_api)
 
-__all__ = ["ALIASES", "ASYNC_ENGINES", "ENGINES", "Engine", "EngineSpec", "EngineUnavailable", "check_onnx_file",
-           "engine_name", "load_engine", "reads_exported_files"]
+__all__ = ["ALIASES", "ASYNC_ENGINES", "BENCHMARKED", "ENGINES", "Engine", "EngineSpec", "EngineUnavailable",
+           "check_onnx_file", "engine_name", "load_engine", "reads_exported_files"]
 
 
 def engine_name(weights: str | Path | nn.Module, engine: str | None = None) -> str:

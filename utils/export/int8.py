@@ -32,12 +32,13 @@ INT8_FORMATS = ("qdq", "qdq-inputs", "qoperator", "convinteger")
 # QDQ format -> (utils.export.qdq layout, quantize Detect's output convs): with Q/DQ on inputs only, a head conv's
 # output stays float, so its weights go INT8 too (OpenVINO yolov5s 640: 12% faster, coco128 mAP50-95 -0.003)
 QDQ_FORMS = {"qdq": (DEFAULT_LAYOUT, False), "qdq-inputs": ("inputs", True), "qoperator": (DEFAULT_LAYOUT, False)}
-FASTEST_FORMAT = {"deepsparse": "convinteger", "openvino": "qdq-inputs"}
+FASTEST_FORMAT = {"deepsparse": "convinteger", "openvino": "qdq-inputs", "opencv": "qoperator"}
 
 
 def int8_format_for(engine: str) -> str:
     """The INT8 form each engine runs fastest: DeepSparse compiles ConvInteger but none of a QDQ graph; OpenVINO
-    fuses a float SiLU into its INT8 convs only when no Q/DQ sits between them (yolov5s 640: 1.22x)."""
+    fuses a float SiLU into its INT8 convs only when no Q/DQ sits between them (yolov5s 640: 1.22x); OpenCV builds
+    INT8 layers from QOperator nodes only."""
     return FASTEST_FORMAT.get(engine, "qdq")
 
 

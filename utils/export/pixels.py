@@ -92,8 +92,10 @@ def _pixel_quantizer(graph: onnx.GraphProto, src: str) -> onnx.NodeProto | None:
     users = [n for n in graph.node if src in n.input]
     if len(users) != 1 or users[0].op_type != "QuantizeLinear" or len(users[0].input) < 3:
         return None
-    inits = {t.name: t for t in graph.initializer}
     q = users[0]
+    if any(n.op_type == "QLinearConv" for n in _consumers(graph).get(q.output[0], [])):
+        return None  # QOperator: OpenCV's INT8 convs read only the int8 its own Quantize layer makes
+    inits = {t.name: t for t in graph.initializer}
     if q.input[1] not in inits or q.input[2] not in inits:
         return None
     scale, zero = numpy_helper.to_array(inits[q.input[1]]), numpy_helper.to_array(inits[q.input[2]])
