@@ -183,6 +183,21 @@ def test_opencv_dnn_reads_qdq_with_the_same_detections(qat_files, bus):
     assert m["dets_torch"] >= 3 and m["dets_matched"] == m["dets_torch"] == m["dets_onnx"], m
 
 
+def test_qat_qoperator_runs_int8_in_opencv_with_the_same_detections(qat_files, bus, tmp_path):
+    """A QAT model's learned scales, rewritten as QOperator (benchmark's OpenCV INT8 row, export --int8-format
+    qoperator): OpenCV builds INT8 convolutions and finds what the ConvInteger file finds."""
+    import cv2
+
+    from utils.export.qoperator import to_qoperator
+
+    qop = to_qoperator(qat_files[2], tmp_path / "qat_qop.onnx")
+    net = cv2.dnn.readNetFromONNX(str(qop))
+    assert "ConvolutionInt8" in net.getLayerTypes()
+    net.setInput(bus)
+    m = match_detections(_ort(qat_files[0]).run(None, {"images": bus})[0], net.forward())
+    assert m["dets_torch"] >= 3 and m["dets_matched"] == m["dets_torch"] == m["dets_onnx"], m
+
+
 @pytest.mark.native_engines
 def test_openvino_runs_qdq_as_int8(qat_files, bus):
     import openvino as ov

@@ -98,12 +98,14 @@ def sample_int8_exporter(images: list[str] | None = None) -> Callable[..., Path]
 
 def qat_int8_exporter() -> Callable[..., Path]:
     """benchmark.py on a QAT checkpoint: its learned scales, as QDQ (ONNX Runtime, OpenVINO: both QDQ formats get
-    the learned placement) or SparseML's ConvInteger form (DeepSparse); nothing is re-calibrated."""
+    the learned placement; OpenCV: that rewritten as QOperator) or SparseML's ConvInteger form (DeepSparse); nothing
+    is re-calibrated."""
     def export(model: nn.Module, file: Path, imgsz: tuple[int, int], batch_size: int, fmt: str = "qdq") -> Path:
         meta = export_metadata(model, imgsz, batch_size, False, model_sparsity(model))
         if fmt == "convinteger":
             return export_onnx(prepare_model(model), file, imgsz, batch_size, dynamic=False, metadata=meta)
-        return export_qat_qdq(model, file, imgsz, batch_size, meta)
+        out = export_qat_qdq(model, file, imgsz, batch_size, meta)
+        return to_qoperator(out, out) if fmt == "qoperator" else out
 
     return export
 
