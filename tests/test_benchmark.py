@@ -263,9 +263,13 @@ def test_int8_exporter_plugs_in(tmp_path, monkeypatch):
         vs[1].weights_for("torch", 1, IMG, tmp_path)
     f = vs[1].weights_for("onnxruntime", 4, IMG, tmp_path)
     assert f.suffix == ".onnx" and seen == [("DetectionModel", IMG, 4, "qdq")]
-    assert vs[1].weights_for("openvino", 4, IMG, tmp_path) == f  # one QDQ export per batch size, shared
+    assert vs[1].weights_for("onnxruntime", 4, IMG, tmp_path) == f and len(seen) == 1  # one export per form
+    ov = vs[1].weights_for("openvino", 4, IMG, tmp_path)  # OpenVINO: Q/DQ only where convs read (its fastest)
+    assert ov != f and seen[-1] == ("DetectionModel", IMG, 4, "qdq-inputs")
+    cv = vs[1].weights_for("opencv", 4, IMG, tmp_path)  # OpenCV builds INT8 layers from QOperator nodes only
+    assert cv not in (f, ov) and seen[-1] == ("DetectionModel", IMG, 4, "qoperator")
     ds = vs[1].weights_for("deepsparse", 4, IMG, tmp_path)  # DeepSparse gets the form it compiles: ConvInteger
-    assert ds != f and seen[-1] == ("DetectionModel", IMG, 4, "convinteger")
+    assert ds not in (f, ov, cv) and seen[-1] == ("DetectionModel", IMG, 4, "convinteger")
 
 
 def test_async_is_na_for_engines_without_streams(tmp_path):
