@@ -8,9 +8,7 @@ import numpy as np
 import onnx
 
 from .base import Engine, EngineUnavailable
-from .metadata import interpret, nc_from_output_shape
-
-ONNX_DTYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 10: np.float16, 11: np.float64}
+from .metadata import ONNX_DTYPES, interpret, nc_from_output_shape
 
 
 def import_deepsparse():

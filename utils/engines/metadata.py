@@ -6,10 +6,14 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import onnx
 import yaml
 
 DEFAULT_STRIDE = 32
+# ONNX tensor element types of the inputs our files take -> numpy dtypes (engines that read the file's input type)
+ONNX_DTYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT8: np.int8,
+               onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.DOUBLE: np.float64}
 
 
 def parse_names(value: Any) -> list[str]:

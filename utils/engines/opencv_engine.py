@@ -13,9 +13,7 @@ import numpy as np
 import onnx
 
 from .base import Engine, EngineUnavailable
-from .metadata import interpret, nc_from_output_shape
-
-ONNX_DTYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.UINT8: np.uint8}
+from .metadata import ONNX_DTYPES, interpret, nc_from_output_shape
 
 
 def _dim(d: onnx.TensorShapeProto.Dimension) -> int | str:
